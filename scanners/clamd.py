@@ -1,0 +1,248 @@
+"""Minimal, fail-closed client for ClamAV's clamd (``INSTREAM`` over unix or TCP sockets).
+
+Security invariant: the only way to obtain a ``clean`` :class:`ScanResult` is the exact
+reply ``stream: OK`` to a complete ``zINSTREAM`` session.  Everything else is either a
+non-clean verdict or :class:`~scanners.errors.ScannerUnavailableError` ("not scanned yet").
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from scanners.errors import ScannerError, ScannerUnavailableError
+
+__all__ = ["ClamdClient", "ScanResult", "parse_scan_reply"]
+
+Verdict = Literal["clean", "infected", "refused"]
+
+# Replies are a signature name or a short error; anything longer is garbage and must not
+# let a hostile/broken peer make us buffer unbounded data.
+_MAX_REPLY = 64 * 1024
+_FOUND_RE = re.compile(r"stream: (?P<sig>\S(?:.*\S)?) FOUND")
+_TCP_RE = re.compile(r"tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})")
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """Verdict of one scan.
+
+    ``reason`` is a stable machine code: ``None`` for clean, ``"malware"`` for infected,
+    ``"encrypted"`` or ``"scan_limits"`` for refused (clamd could not look inside).
+    """
+
+    verdict: Verdict
+    signature: str | None
+    reason: str | None
+
+    @property
+    def is_clean(self) -> bool:
+        """True only for an explicit clean verdict."""
+        return self.verdict == "clean"
+
+
+def _classify(signature: str) -> ScanResult:
+    # Encrypted content and exceeded limits mean clamd did NOT inspect everything: that is
+    # not malware, but it must never be passed as clean either -> "refused".
+    if signature.startswith("Heuristics.Encrypted"):
+        return ScanResult("refused", signature, "encrypted")
+    if signature.startswith(("Heuristics.Limits.", "Heuristics.Exceeds")):
+        return ScanResult("refused", signature, "scan_limits")
+    return ScanResult("infected", signature, "malware")
+
+
+def parse_scan_reply(raw: bytes) -> ScanResult:
+    """Parse one clamd reply to ``INSTREAM``.
+
+    Raises ScannerUnavailableError for ``... ERROR`` replies and anything not understood.
+    Invariant: only the exact text ``stream: OK`` yields a clean result.
+    """
+    try:
+        text = raw.rstrip(b"\0\r\n").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScannerUnavailableError(f"undecodable clamd reply: {raw[:200]!r}") from exc
+    if text == "stream: OK":
+        return ScanResult("clean", None, None)
+    match = _FOUND_RE.fullmatch(text)
+    if match is not None and "\n" not in text and "\0" not in text:
+        return _classify(match.group("sig"))
+    if text.endswith("ERROR"):
+        raise ScannerUnavailableError(f"clamd error: {text[:200]}")
+    raise ScannerUnavailableError(f"unexpected clamd reply: {text[:200]!r}")
+
+
+def _parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
+    if address.startswith("unix://"):
+        path = address[len("unix://") :]
+        if not path.startswith("/") or "\0" in path or len(path.encode()) > 107:
+            raise ValueError(f"invalid unix socket address: {address!r}")
+        return socket.AF_UNIX, path
+    match = _TCP_RE.fullmatch(address)
+    if match is None:
+        raise ValueError(
+            f"invalid clamd address (want unix:///path or tcp://host:port): {address!r}"
+        )
+    port = int(match.group("port"))
+    if not 1 <= port <= 65535:
+        raise ValueError(f"invalid TCP port in {address!r}")
+    host = match.group("host")
+    if host.startswith("["):
+        return socket.AF_INET6, (host[1:-1], port)
+    return socket.AF_INET, (host, port)
+
+
+class _Deadline:
+    """Overall deadline; every socket operation gets at most the remaining time."""
+
+    def __init__(self, seconds: float) -> None:
+        self._end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise ScannerUnavailableError("clamd deadline exceeded")
+        return left
+
+
+class ClamdClient:
+    """Talks to one clamd instance.  Holds no connection between calls (thread-safe).
+
+    ``address`` is ``unix:///abs/path.sock`` or ``tcp://host:port`` (ValueError otherwise).
+    ``timeout`` bounds each call as a whole, and each socket operation within it.
+    """
+
+    def __init__(self, address: str, *, timeout: float = 60.0, chunk_size: int = 1 << 20) -> None:
+        self._family, self._sockaddr = _parse_address(address)
+        if not timeout > 0:
+            raise ValueError("timeout must be positive")
+        if not 0 < chunk_size < 1 << 32:
+            raise ValueError("chunk_size must be in 1 .. 2**32-1")
+        self.address = address
+        self.timeout = float(timeout)
+        self.chunk_size = int(chunk_size)
+
+    def __repr__(self) -> str:
+        return f"ClamdClient({self.address!r}, timeout={self.timeout})"
+
+    # -- connection helpers -------------------------------------------------------------
+
+    def _connect(self, deadline: _Deadline) -> socket.socket:
+        sock = socket.socket(self._family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(deadline.remaining())
+            sock.connect(self._sockaddr)
+        except OSError as exc:
+            sock.close()
+            raise ScannerUnavailableError(
+                f"cannot connect to clamd at {self.address}: {exc}"
+            ) from exc
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    @staticmethod
+    def _read_reply(sock: socket.socket, deadline: _Deadline) -> bytes:
+        """Read a NUL-terminated reply (or up to EOF).  Raises ScannerUnavailableError."""
+        buf = bytearray()
+        while b"\0" not in buf:
+            try:
+                sock.settimeout(deadline.remaining())
+                data = sock.recv(4096)
+            except OSError as exc:
+                raise ScannerUnavailableError(f"reading clamd reply failed: {exc}") from exc
+            if not data:
+                break
+            buf += data
+            if len(buf) > _MAX_REPLY:
+                raise ScannerUnavailableError("clamd reply too long")
+        if not buf:
+            raise ScannerUnavailableError("clamd closed the connection without a reply")
+        return bytes(buf.split(b"\0", 1)[0])
+
+    def _simple_command(self, command: bytes) -> bytes:
+        deadline = _Deadline(self.timeout)
+        with self._connect(deadline) as sock:
+            try:
+                sock.settimeout(deadline.remaining())
+                sock.sendall(b"z" + command + b"\0")
+            except OSError as exc:
+                raise ScannerUnavailableError(f"sending to clamd failed: {exc}") from exc
+            return self._read_reply(sock, deadline)
+
+    # -- public API --------------------------------------------------------------------
+
+    def ping(self) -> bool:
+        """True iff clamd answers ``PONG`` in time.  Never raises."""
+        try:
+            return self._simple_command(b"PING").rstrip(b"\r\n") == b"PONG"
+        except (ScannerError, OSError, ValueError):
+            return False
+
+    def version(self) -> str:
+        """Raw ``VERSION`` reply (e.g. ``ClamAV 1.4.6/27000/...``).
+
+        Raises ScannerUnavailableError on any failure or a reply not starting ``ClamAV ``.
+        """
+        raw = self._simple_command(b"VERSION").rstrip(b"\r\n")
+        text = raw.decode("utf-8", errors="replace")
+        if not text.startswith("ClamAV "):
+            raise ScannerUnavailableError(f"unexpected VERSION reply: {text[:200]!r}")
+        return text
+
+    def scan_bytes(self, data: bytes) -> ScanResult:
+        """Scan an in-memory buffer; same contract as :meth:`scan_stream`."""
+        return self.scan_stream([data])
+
+    def _frames(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        size = self.chunk_size
+        for chunk in chunks:
+            view = memoryview(chunk)
+            # An empty chunk would be read by clamd as the end-of-stream marker and let
+            # the rest of the file go unscanned: skip it.
+            for start in range(0, len(view), size):
+                piece = view[start : start + size]
+                yield struct.pack(">I", len(piece)) + piece.tobytes()
+
+    def scan_stream(self, chunks: Iterable[bytes]) -> ScanResult:
+        """Scan the concatenation of ``chunks`` with ``zINSTREAM``.
+
+        Returns a ScanResult (clean only for the exact reply ``stream: OK``).  Raises
+        ScannerUnavailableError if clamd is unreachable, times out (``timeout`` is the
+        overall deadline, including time spent producing ``chunks``), closes the
+        connection, or answers an error such as ``INSTREAM size limit exceeded``.
+        Exceptions raised by ``chunks`` itself propagate unchanged.
+        """
+        deadline = _Deadline(self.timeout)
+        with self._connect(deadline) as sock:
+            try:
+                sock.settimeout(deadline.remaining())
+                sock.sendall(b"zINSTREAM\0")
+                for frame in self._frames(chunks):
+                    sock.settimeout(deadline.remaining())
+                    sock.sendall(frame)
+                sock.settimeout(deadline.remaining())
+                sock.sendall(struct.pack(">I", 0))
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                # clamd hangs up early, e.g. after StreamMaxLength; its reply (usually an
+                # ERROR) may still be readable.  A non-clean verdict is kept, but "OK" for a
+                # stream we could not finish sending covers unscanned bytes: not clean.
+                try:
+                    result = parse_scan_reply(self._read_reply(sock, deadline))
+                except ScannerUnavailableError as inner:
+                    raise ScannerUnavailableError(
+                        f"clamd closed the connection mid-stream: {inner}"
+                    ) from exc
+                if result.is_clean:
+                    raise ScannerUnavailableError(
+                        "clamd said OK before the whole stream was sent"
+                    ) from exc
+                return result
+            except OSError as exc:
+                raise ScannerUnavailableError(f"sending to clamd failed: {exc}") from exc
+            return parse_scan_reply(self._read_reply(sock, deadline))
