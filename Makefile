@@ -1,0 +1,48 @@
+# kinko — quick start: `make run` (serve the embedded default) and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export KINKO_HOME ?= $(CURDIR)/instance
+
+.PHONY: run test unit functional lint typecheck catalog extract system-deps bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+# Compiled catalogues are build products (not committed).
+catalog: $(STAMP)
+	$(BIN)/pybabel compile -d portal/translations -D messages
+
+extract: $(STAMP)
+	$(BIN)/pybabel extract -F babel.cfg -k _l -o portal/translations/messages.pot .
+	$(BIN)/pybabel update -i portal/translations/messages.pot -d portal/translations -D messages
+
+run: system-deps $(STAMP) catalog
+	$(BIN)/kinko init
+	$(BIN)/kinko demo > /dev/null
+	$(BIN)/kinko serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check portal storage scanners tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: system-deps $(STAMP) catalog lint
+	$(BIN)/pytest
+
+unit: $(STAMP) catalog
+	$(BIN)/pytest tests/unit
+
+functional: system-deps $(STAMP) catalog
+	$(BIN)/pytest tests/functional
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

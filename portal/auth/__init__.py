@@ -1,0 +1,1 @@
+"""Authentication: password hashing, TOTP, the logged-in principal."""

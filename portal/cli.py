@@ -1,0 +1,359 @@
+"""The ``kinko`` command (../shared/contract.md).
+
+Exit status 0 on success; non-zero with a one-line reason on stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import pyotp
+from sqlalchemy import select
+
+from .audit import Actor, Tag, record, verify
+from .auth.passwords import hash_password, initial_password, policy_problems
+from .models import ClientUser, Company, Purpose, Staff, Status, Upload
+from .services import Services, build_services
+from .settings import Settings
+
+
+class CliError(click.ClickException):
+    def show(self, file: Any = None) -> None:
+        click.echo(f"kinko: {self.message}", err=True)
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _office() -> Services:
+    return build_services(_settings(), "office")
+
+
+def _cli_actor(staff: Staff | None = None) -> Actor:
+    if staff is not None:
+        return Actor("staff", staff.id, staff.login)
+    return Actor("cli", None, os.environ.get("USER", "cli"))
+
+
+class _Group(click.Group):
+    """Unexpected errors end in one line on stderr, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            if os.environ.get("KINKO_DEBUG"):
+                raise
+            raise CliError(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                           if str(exc) else type(exc).__name__) from exc
+
+
+@click.group(cls=_Group)
+def main() -> None:
+    """kinko — a secure My Number file-drop portal."""
+    os.umask(0o077)  # keys, database and instance files are for this user only
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+def init() -> None:
+    """Create KINKO_HOME, keys, a TLS certificate and the schema (idempotent)."""
+    from .instance import init_instance
+    settings = _settings()
+    created = init_instance(settings)
+    click.echo(f"kinko instance ready at {settings.home}"
+               + (f" (created: {', '.join(created)})" if created else ""))
+
+
+@main.command()
+def serve() -> None:
+    """Run client app, office app, worker (and clamd unless KINKO_CLAMD is set)."""
+    from .instance import init_instance
+    from .serve import serve as run
+    settings = _settings()
+    init_instance(settings)
+    demo = settings.home / "demo-credentials.txt"
+    sys.exit(run(settings, banner=demo.read_text() if demo.exists() else ""))
+
+
+@main.command()
+def worker() -> None:
+    """Run only the pipeline worker."""
+    from .worker import run_worker
+    run_worker(_settings())
+
+
+@main.command()
+def reconcile() -> None:
+    """Repair leftovers of crashes once, and scan due uploads inline."""
+    from .reconcile import reconcile as run
+    report = run(build_services(_settings(), "worker"), scan_inline=True)
+    click.echo(f"rescanned {len(report.rescanned)}, drop-zone leftovers "
+               f"{len(report.dropzone_cleaned)}, orphans {len(report.orphans_deleted)}, "
+               f"partials {report.partials_deleted}")
+
+
+# -- accounts ----------------------------------------------------------------
+
+@main.group()
+def company() -> None:
+    """Client companies."""
+
+
+@company.command("add")
+@click.argument("code")
+@click.option("--name", required=True)
+@click.option("--auto-pull/--no-auto-pull", default=False,
+              help="Pull clean uploads into the vault automatically.")
+def company_add(code: str, name: str, auto_pull: bool) -> None:
+    svc = _office()
+    if not code.isascii() or not code.replace("-", "").replace("_", "").isalnum():
+        raise CliError("company code must be ASCII letters, digits, - or _")
+    with svc.sessions() as db, db.begin():
+        if db.execute(select(Company).where(Company.code == code)).scalar_one_or_none():
+            raise CliError(f"company {code} already exists")
+        c = Company(code=code, name=name, auto_pull=auto_pull)
+        db.add(c)
+        db.flush()
+        record(db, svc.audit_key, Tag.COMPANY_CREATED, _cli_actor(), company_id=c.id,
+               details={"code": code})
+    click.echo(f"company {code} created")
+
+
+def _company(db: Any, code: str) -> Company:
+    c = db.execute(select(Company).where(Company.code == code)).scalar_one_or_none()
+    if c is None:
+        raise CliError(f"no company {code}")
+    return c
+
+
+def _check_password(password: str | None) -> tuple[str, bool]:
+    if password is None:
+        return initial_password(), True
+    problems = policy_problems(password)
+    if problems:
+        raise CliError("password policy: " + ", ".join(problems))
+    return password, False
+
+
+@main.group()
+def user() -> None:
+    """Client users."""
+
+
+@user.command("add")
+@click.argument("code")
+@click.argument("login")
+@click.option("--password")
+@click.option("--totp-secret")
+@click.option("--name", "display_name", default="")
+@click.option("--email")
+def user_add(code: str, login: str, password: str | None, totp_secret: str | None,
+             display_name: str, email: str | None) -> None:
+    svc = _office()
+    pw, generated = _check_password(password)
+    with svc.sessions() as db, db.begin():
+        c = _company(db, code)
+        if db.execute(select(ClientUser).where(ClientUser.company_id == c.id,
+                                               ClientUser.login == login)).scalar_one_or_none():
+            raise CliError(f"user {login} already exists in {code}")
+        u = ClientUser(company_id=c.id, login=login, display_name=display_name, email=email,
+                       password_hash=hash_password(pw), totp_secret=totp_secret,
+                       must_change_password=generated)
+        db.add(u)
+        db.flush()
+        record(db, svc.audit_key, Tag.CLIENT_USER_CREATED, _cli_actor(), company_id=c.id,
+               details={"user_id": u.id})
+    click.echo(f"user {login} created in {code}")
+    if generated:
+        click.echo(f"initial password: {pw}")
+
+
+@main.group()
+def staff() -> None:
+    """Office staff."""
+
+
+@staff.command("add")
+@click.argument("login")
+@click.option("--role", type=click.Choice(["manager", "handler"]), required=True)
+@click.option("--password")
+@click.option("--totp-secret")
+@click.option("--companies", default="", help="Comma-separated company codes (handlers).")
+@click.option("--email")
+@click.option("--name", "display_name", default="")
+def staff_add(login: str, role: str, password: str | None, totp_secret: str | None,
+              companies: str, email: str | None, display_name: str) -> None:
+    svc = _office()
+    pw, generated = _check_password(password)
+    secret = totp_secret or pyotp.random_base32()
+    try:
+        pyotp.TOTP(secret).now()
+    except Exception as exc:  # noqa: BLE001 - any decoding problem is a bad secret
+        raise CliError("--totp-secret must be base32") from exc
+    with svc.sessions() as db, db.begin():
+        if db.execute(select(Staff).where(Staff.login == login)).scalar_one_or_none():
+            raise CliError(f"staff {login} already exists")
+        s = Staff(login=login, role=role, password_hash=hash_password(pw), totp_secret=secret,
+                  email=email, display_name=display_name or login,
+                  must_change_password=generated)
+        s.companies = [_company(db, c.strip()) for c in companies.split(",") if c.strip()]
+        db.add(s)
+        db.flush()
+        record(db, svc.audit_key, Tag.STAFF_CREATED, _cli_actor(),
+               details={"staff_id": s.id, "role": role})
+    click.echo(f"staff {login} created ({role})")
+    if generated:
+        click.echo(f"initial password: {pw}")
+    if not totp_secret:
+        click.echo(f"TOTP secret: {secret}")
+
+
+@main.group()
+def token() -> None:
+    """API tokens."""
+
+
+@token.command("add")
+@click.argument("code")
+@click.argument("login")
+@click.option("--label", default="")
+def token_add(code: str, login: str, label: str) -> None:
+    from .client.tokens import new_token
+    from .models import ApiToken
+    svc = _office()
+    tok, digest = new_token()
+    with svc.sessions() as db, db.begin():
+        c = _company(db, code)
+        u = db.execute(select(ClientUser).where(ClientUser.company_id == c.id,
+                                                ClientUser.login == login)).scalar_one_or_none()
+        if u is None:
+            raise CliError(f"no user {login} in {code}")
+        t = ApiToken(user_id=u.id, token_hash=digest, label=label)
+        db.add(t)
+        db.flush()
+        record(db, svc.audit_key, Tag.TOKEN_CREATED, _cli_actor(), company_id=c.id,
+               details={"token_id": t.id, "user_id": u.id})
+    click.echo(tok)
+
+
+# -- vault -------------------------------------------------------------------
+
+def _staff(db: Any, login: str) -> Staff:
+    s = db.execute(select(Staff).where(Staff.login == login)).scalar_one_or_none()
+    if s is None or not s.active:
+        raise CliError(f"no active staff {login}")
+    return s
+
+
+@main.group()
+def vault() -> None:
+    """Move files into the vault and read them back."""
+
+
+@vault.command("pull")
+@click.argument("upload_id", required=False)
+@click.option("--staff", "staff_login", required=True)
+@click.option("--all", "pull_all", is_flag=True, help="Every clean upload the staff may serve.")
+def vault_pull(upload_id: str | None, staff_login: str, pull_all: bool) -> None:
+    from .pipeline import PipelineError, pull_upload
+    svc = _office()
+    with svc.sessions() as db:
+        s = _staff(db, staff_login)
+        if pull_all:
+            ids = [u.id for u in db.execute(select(Upload).where(
+                Upload.status == Status.CLEAN)).scalars() if s.may_serve(u.company_id)]
+        elif upload_id:
+            u = db.get(Upload, upload_id)
+            if u is None or not s.may_serve(u.company_id):
+                raise CliError(f"no upload {upload_id}")
+            ids = [upload_id]
+        else:
+            raise CliError("give an UPLOAD_ID or --all")
+        actor = _cli_actor(s)
+    for uid in ids:
+        try:
+            done = pull_upload(svc, uid, actor)
+        except PipelineError as exc:
+            raise CliError(f"{uid}: cannot pull ({exc.code})") from exc
+        click.echo(f"{uid} {done.status}")
+
+
+@vault.command("get")
+@click.argument("upload_id")
+@click.option("--staff", "staff_login", required=True)
+@click.option("--purpose", required=True)
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path))
+def vault_get(upload_id: str, staff_login: str, purpose: str, output: Path) -> None:
+    from .pipeline import PipelineError, open_vaulted
+    svc = _office()
+    with svc.sessions() as db, db.begin():
+        s = _staff(db, staff_login)
+        u = db.get(Upload, upload_id)
+        if u is None or not s.may_serve(u.company_id):
+            raise CliError(f"no upload {upload_id}")
+        p = db.get(Purpose, purpose)
+        if p is None or not p.active:
+            raise CliError(f"no purpose {purpose}")
+        if u.status != Status.VAULTED:
+            raise CliError(f"{upload_id} is not in the vault ({u.status})")
+        record(db, svc.audit_key, Tag.FILE_DOWNLOADED, _cli_actor(s), company_id=u.company_id,
+               upload_id=upload_id, details={"purpose": purpose, "via": "cli"})
+    try:
+        reader = open_vaulted(svc, u)
+    except PipelineError as exc:
+        raise CliError(exc.code) from exc
+    # All or nothing: write beside the target and rename only after the
+    # last segment authenticated, so a damaged object leaves no partial file.
+    tmp = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh, contextlib.closing(reader):
+            for chunk in reader.iter_chunks(1 << 20):
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, output)
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise CliError(f"could not decrypt {upload_id}: {type(exc).__name__}") from exc
+    click.echo(f"{upload_id} written to {output}")
+
+
+# -- audit -------------------------------------------------------------------
+
+@main.group()
+def audit() -> None:
+    """The handling log."""
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    svc = build_services(_settings(), "worker")
+    with svc.sessions() as db:
+        count, broken = verify(db, svc.audit_key)
+    if broken:
+        raise CliError(f"audit chain broken at event {broken.event_id}: {broken.problem} "
+                       f"({count} events verified before it)")
+    click.echo(f"audit chain intact: {count} events")
+
+
+@main.command()
+def demo() -> None:
+    """Create a demo company, client user and office manager (first run only)."""
+    from .demo import ensure_demo
+    click.echo(ensure_demo(_office()))
+
+
+if __name__ == "__main__":
+    main()

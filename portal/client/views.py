@@ -1,0 +1,85 @@
+"""The company room: list, upload form, one upload's history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, abort, flash, g, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_login import current_user
+from sqlalchemy import select
+
+from ..intake import IntakeError, active_purpose, register, reject
+from ..messages import reason_text
+from ..models import ClientUser, Purpose, Upload
+from ..services import Services
+from ..web.base import remote_addr, services
+
+
+def get_room_upload(svc: Services, upload_id: str) -> Upload:
+    """The one ownership check: another company's upload is 404, not 403."""
+    with svc.sessions() as db:
+        upload = db.get(Upload, upload_id) if len(upload_id) <= 64 else None
+        if upload is None or upload.company_id != current_user.company_id:
+            abort(404)
+        _ = upload.events, upload.purpose  # load for the template
+        return upload
+
+
+def current_client(svc: Services) -> ClientUser:
+    with svc.sessions() as db:
+        user = db.get(ClientUser, current_user.id)
+        assert user is not None
+        return user
+
+
+def purposes(svc: Services) -> list[Purpose]:
+    with svc.sessions() as db:
+        return list(db.execute(select(Purpose).where(Purpose.active)
+                               .order_by(Purpose.sort_order)).scalars())
+
+
+def init(app: Flask) -> None:
+    @app.route("/")
+    def index() -> Any:
+        svc = services()
+        with svc.sessions() as db:
+            uploads = db.execute(
+                select(Upload).where(Upload.company_id == current_user.company_id)
+                .order_by(Upload.created_at.desc()).limit(200)
+            ).scalars().all()
+            for u in uploads:
+                _ = u.purpose
+        return render_template("client/room.html", uploads=uploads, purposes=purposes(svc),
+                               max_bytes=svc.settings.max_upload_bytes)
+
+    @app.route("/uploads", methods=["POST"])
+    def upload_form() -> Any:
+        svc = services()
+        user = current_client(svc)
+        # Accessing the form runs the streaming parser: the file part has
+        # already been encrypted into an uncommitted drop-zone object.
+        file = request.files.get("file")
+        sinks = g.get("kinko_sinks", [])
+        try:
+            if file is None or not sinks or not file.filename:
+                raise IntakeError("no_file")
+            purpose_code = request.form.get("purpose", "")
+            active_purpose(svc, purpose_code)
+            received = sinks[0].finish()
+            upload = register(svc, received, user=user, filename=file.filename,
+                              purpose_code=purpose_code, remote_addr=remote_addr())
+        except IntakeError as exc:
+            for sink in sinks:
+                sink.abort()
+            if exc.code != "empty":
+                reject(svc, user, exc.code, remote_addr())
+            flash(reason_text(exc.code), "error")
+            return redirect(url_for("index")), 303
+        flash(_("Received. The file is being checked for viruses."), "success")
+        return redirect(url_for("upload_detail", upload_id=upload.id), 303)
+
+    @app.route("/uploads/<upload_id>")
+    def upload_detail(upload_id: str) -> Any:
+        upload = get_room_upload(services(), upload_id)
+        return render_template("client/upload.html", upload=upload)

@@ -1,0 +1,24 @@
+"""gunicorn settings shared by ``kinko serve`` and the Procfile.
+
+gthread workers: a slow upload holds one thread, not a whole process, and
+the request body is streamed to the app as it arrives.
+"""
+
+from portal.settings import Settings
+
+_settings = Settings.from_env()
+
+worker_class = "gthread"
+workers = 2
+threads = 8
+timeout = 120
+graceful_timeout = 20
+keepalive = 5
+accesslog = "-"
+errorlog = "-"
+# The access log line carries method, path (ids only), status and size:
+# never a query string value, header or body.
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(D)sus'
+if _settings.tls_cert.exists() and _settings.tls_key.exists():
+    certfile = str(_settings.tls_cert)
+    keyfile = str(_settings.tls_key)

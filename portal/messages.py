@@ -1,0 +1,48 @@
+"""Words for statuses and refusal reasons.  The texts live in the catalogue."""
+
+from __future__ import annotations
+
+from flask_babel import lazy_gettext as _l
+
+STATUS_LABELS = {
+    "received": _l("Received"),
+    "scanning": _l("Scanning"),
+    "clean": _l("Scanned, waiting for the office"),
+    "infected": _l("Virus found"),
+    "refused": _l("Not accepted"),
+    "vaulted": _l("In the office vault"),
+    "disposed": _l("Disposed"),
+}
+
+REASONS = {
+    "malware": _l("A virus or other malicious content was found. The file was deleted "
+                  "and did not reach the office. Please check the computer it came from."),
+    "encrypted": _l("The file is protected by a password, so it cannot be checked for "
+                    "viruses. kinko already encrypts everything you upload; please save "
+                    "the file without a password and upload it again."),
+    "scan_limits": _l("The file is too large or too complex to be checked for viruses. "
+                      "Please split it into smaller files."),
+    "empty": _l("The file is empty."),
+    "too_large": _l("The file is larger than the maximum size allowed."),
+    "type_not_allowed": _l("This type of file is not accepted. Please upload Excel "
+                           "(xlsx, xls), CSV, ODS, PDF, JPEG or PNG files."),
+    "extension_mismatch": _l("The file's name does not match its contents (for example, "
+                             "a PDF named .xlsx). Please check the file and upload it again."),
+    "archive_limits": _l("The file contains too many parts or unsafe names."),
+    "malformed": _l("The file appears to be damaged and cannot be opened."),
+    "damaged": _l("The file was damaged while being stored. Please upload it again."),
+    "invalid_purpose": _l("Please choose a purpose of use."),
+    "no_file": _l("Please choose a file to upload."),
+    "one_file": _l("Please upload one file at a time."),
+    "bad_filename": _l("The file name could not be read."),
+    "not_clean": _l("Only files that were scanned clean can be moved into the vault."),
+    "not_vaulted": _l("The file is not in the vault."),
+    "not_found": _l("Not found."),
+}
+
+
+def reason_text(code: str | None) -> str:
+    if not code:
+        return ""
+    text = REASONS.get(code)
+    return str(text) if text is not None else str(REASONS["malformed"])

@@ -1,0 +1,29 @@
+"""The staff console (office network only; bound to 127.0.0.1 by default).
+
+The only process, with the CLI, that loads the vault private key.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from ..jobs import Jobs, make_huey
+from ..services import build_services
+from ..settings import Settings
+from ..web.base import create_base_app
+from . import auth, views
+
+PUBLIC = {"login", "totp"}
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    jobs = Jobs(make_huey(settings))
+    services = build_services(settings, "office", enqueue=jobs)
+    app, login, _csrf = create_base_app(
+        __name__, settings, services, kind="staff", cookie="__Host-kinko-office",
+        session_minutes=15, public=PUBLIC)
+    # No sink factory: the office app accepts no file uploads at all.
+    auth.init(app, login)
+    views.init(app)
+    return app

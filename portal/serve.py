@@ -1,0 +1,83 @@
+"""``kinko serve``: the embedded default, every process on one machine.
+
+client app (HTTPS) + office app (HTTPS, 127.0.0.1) + worker, and a clamd of
+its own when KINKO_CLAMD is unset.  SIGINT/SIGTERM stop them all; if one
+dies, the others are stopped too (never half a portal).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from scanners.clamd_process import ClamdProcess
+
+from .settings import Settings
+
+
+def _gunicorn(app: str, host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--config", "python:portal.gunicorn_conf",
+            "--bind", f"{host}:{port}", app]
+
+
+def serve(settings: Settings, *, banner: str = "") -> int:
+    clamd: ClamdProcess | None = None
+    addr_file = settings.run_dir / "clamd.address"
+    info_file = settings.run_dir / "clamd.json"
+    procs: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def stop(_sig: int = 0, _frame: object = None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        if settings.clamd is None:
+            clamd = ClamdProcess(settings.run_dir / "clamd", max_bytes=settings.max_upload_bytes)
+            address = clamd.start()
+            addr_file.write_text(address)
+            info_file.write_text(json.dumps({"official": clamd.signature_info.official}))
+            if not clamd.signature_info.official:
+                print("WARNING: clamd runs with kinko's test signature only (no official "
+                      "ClamAV database here: freshclam needs the internet).", file=sys.stderr)
+        env = dict(os.environ, KINKO_HOME=str(settings.home))
+        procs.append(subprocess.Popen(_gunicorn("portal.client:create_app()",
+                                                settings.client_host, settings.client_port),
+                                      env=env))
+        procs.append(subprocess.Popen(_gunicorn("portal.office:create_app()",
+                                                settings.office_host, settings.office_port),
+                                      env=env))
+        procs.append(subprocess.Popen([sys.executable, "-m", "portal.cli", "worker"], env=env))
+        print(f"kinko client app: https://localhost:{settings.client_port}/login\n"
+              f"kinko office app: https://127.0.0.1:{settings.office_port}/login\n"
+              f"(self-signed certificate: {settings.tls_cert})\n{banner}", flush=True)
+        code = 0
+        while not stopping:
+            for p in procs:
+                if p.poll() is not None:
+                    print(f"a kinko process exited ({p.args[-1]}); stopping", file=sys.stderr)
+                    code = 1
+                    stopping = True
+            time.sleep(0.5)
+        return code
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.monotonic() + 25
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if clamd is not None:
+            for f in (addr_file, info_file):
+                Path(f).unlink(missing_ok=True)
+            clamd.stop()

@@ -1,0 +1,89 @@
+"""The services one process needs, built once per process for its role.
+
+Roles decide which keys are loaded: only ``office`` (the office app and the
+CLI) loads the vault private key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from scanners.clamd import ClamdClient
+from storage.base import Storage
+from storage.keys import SymmetricKey, VaultPrivateKey, VaultPublicKey
+
+from . import keys
+from .backends import open_storage
+from .db import make_engine, make_sessionmaker
+from .settings import Settings
+
+Role = Literal["client", "worker", "office"]
+
+
+class Enqueuer(Protocol):
+    def scan(self, upload_id: str, delay: float = 0) -> None: ...
+    def pull(self, upload_id: str, staff_id: int | None) -> None: ...
+
+
+class NullEnqueuer:
+    """For the CLI: work runs inline or waits for the worker's reconciler."""
+
+    def scan(self, upload_id: str, delay: float = 0) -> None:
+        return None
+
+    def pull(self, upload_id: str, staff_id: int | None) -> None:
+        return None
+
+
+@dataclass
+class Services:
+    settings: Settings
+    role: Role
+    sessions: sessionmaker[Session]
+    dropzone: Storage
+    vault: Storage
+    dropzone_key: SymmetricKey
+    vault_public: VaultPublicKey
+    vault_private: VaultPrivateKey | None
+    audit_key: bytes
+    enqueue: Enqueuer
+    scanner_factory: Callable[[], ClamdClient | None]
+
+    def scanner(self) -> ClamdClient | None:
+        return self.scanner_factory()
+
+
+def clamd_address(settings: Settings) -> str | None:
+    """KINKO_CLAMD, or the address `kinko serve` recorded for its own clamd."""
+    if settings.clamd:
+        return settings.clamd
+    recorded = settings.run_dir / "clamd.address"
+    if recorded.exists():
+        return recorded.read_text().strip() or None
+    return None
+
+
+def build_services(settings: Settings, role: Role, enqueue: Enqueuer | None = None) -> Services:
+    engine = make_engine(settings.database_url)
+
+    def scanner() -> ClamdClient | None:
+        address = clamd_address(settings)
+        return ClamdClient(address, timeout=settings.scan_timeout) if address else None
+
+    return Services(
+        settings=settings,
+        role=role,
+        sessions=make_sessionmaker(engine),
+        dropzone=open_storage(settings.dropzone_url),
+        vault=open_storage(settings.vault_url),
+        dropzone_key=keys.load_dropzone_key(settings),
+        vault_public=keys.load_vault_public(settings),
+        vault_private=keys.load_vault_private(settings) if role == "office" else None,
+        audit_key=keys.load_secret(settings, keys.AUDIT),
+        enqueue=enqueue or NullEnqueuer(),
+        scanner_factory=scanner,
+    )

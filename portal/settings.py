@@ -1,0 +1,116 @@
+"""Configuration: one frozen Settings object read from the environment.
+
+Every name is prefixed ``KINKO_`` (see ../shared/contract.md).  Nothing here
+holds a secret: keys live in files under ``KINKO_HOME/keys`` and are loaded
+by role (see :mod:`portal.keys`), so a process only ever holds the keys its
+role needs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+GiB = 1 << 30
+MiB = 1 << 20
+# ClamAV cannot scan a file over 2 GB ("technical design limitations",
+# clamd.conf(5)), and clamd's own limits need headroom above the upload
+# maximum, so the default stays just under that ceiling.
+DEFAULT_MAX_UPLOAD = 1900 * MiB
+
+
+class SettingsError(Exception):
+    """A configuration value is missing or malformed."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be an integer") from exc
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be a number") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str
+    dropzone_url: str
+    vault_url: str
+    queue_url: str
+    clamd: str | None
+    client_host: str
+    client_port: int
+    office_host: str
+    office_port: int
+    max_upload_bytes: int
+    scan_timeout: float
+    scan_retry_base: float
+    scan_retry_max: float
+    smtp_url: str | None
+    mail_from: str
+    public_url: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        home = Path(env.get("KINKO_HOME") or "./instance").resolve()
+        client_port = _int(env, "KINKO_CLIENT_PORT", 8443)
+        max_upload = _int(env, "KINKO_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD)
+        if max_upload <= 0:
+            raise SettingsError("KINKO_MAX_UPLOAD_BYTES must be positive")
+        return cls(
+            home=home,
+            database_url=env.get("KINKO_DATABASE_URL") or f"sqlite:///{home / 'kinko.db'}",
+            dropzone_url=env.get("KINKO_DROPZONE_URL") or (home / "dropzone").as_uri(),
+            vault_url=env.get("KINKO_VAULT_URL") or (home / "vault").as_uri(),
+            queue_url=env.get("KINKO_QUEUE_URL") or f"sqlite:///{home / 'queue.db'}",
+            clamd=env.get("KINKO_CLAMD") or None,
+            client_host=env.get("KINKO_CLIENT_HOST") or "0.0.0.0",  # noqa: S104 - the public app
+            client_port=client_port,
+            # The staff console must not face the internet (domain.md): loopback
+            # unless an operator deliberately binds it to the office network.
+            office_host=env.get("KINKO_OFFICE_HOST") or "127.0.0.1",
+            office_port=_int(env, "KINKO_OFFICE_PORT", 8444),
+            max_upload_bytes=max_upload,
+            scan_timeout=_float(env, "KINKO_SCAN_TIMEOUT", 300.0),
+            scan_retry_base=_float(env, "KINKO_SCAN_RETRY_BASE", 10.0),
+            scan_retry_max=_float(env, "KINKO_SCAN_RETRY_MAX", 600.0),
+            smtp_url=env.get("KINKO_SMTP_URL") or None,
+            mail_from=env.get("KINKO_MAIL_FROM") or "kinko@localhost",
+            public_url=env.get("KINKO_PUBLIC_URL") or f"https://localhost:{client_port}",
+        )
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.home / "tls"
+
+    @property
+    def tls_cert(self) -> Path:
+        return self.tls_dir / "cert.pem"
+
+    @property
+    def tls_key(self) -> Path:
+        return self.tls_dir / "key.pem"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"

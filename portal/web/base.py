@@ -1,0 +1,249 @@
+"""The common skeleton of the client app and the office app.
+
+* deny-by-default: a ``before_request`` guard lets through only endpoints
+  listed as public; every other endpoint needs a principal of the app's kind;
+* Werkzeug never spools a multipart file to /tmp: files go to the app's
+  sink factory (the client app encrypts them; the office app accepts none);
+* security headers on every response; a generic error page with a reference
+  id, never a traceback; CSRF on every state-changing request.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from flask import (
+    Flask,
+    Request,
+    current_app,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask_babel import Babel, get_locale
+from flask_babel import gettext as _
+from flask_login import LoginManager, current_user
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import BadRequest, HTTPException
+
+from ..intake import IntakeError
+from ..messages import REASONS, STATUS_LABELS, reason_text
+from ..services import Services
+from ..settings import Settings
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[2]
+JST = ZoneInfo("Asia/Tokyo")
+LANGS = ("ja", "en")
+SINKS = "kinko.sink_factory"
+
+
+class KinkoRequest(Request):
+    """Multipart file parts go to the app's sink factory, never to a temp file."""
+
+    def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
+                         filename: str | None = None,
+                         content_length: int | None = None) -> Any:
+        factory = current_app.extensions.get(SINKS)
+        if factory is None:
+            raise BadRequest("file uploads are not accepted here")
+        return factory()
+
+
+def create_base_app(name: str, settings: Settings, services: Services, *, kind: str,
+                    cookie: str, session_minutes: int,
+                    public: Iterable[str]) -> tuple[Flask, LoginManager, CSRFProtect]:
+    app = Flask(name, template_folder=str(ROOT / "templates"),
+                static_folder=str(ROOT / "static"))
+    app.request_class = KinkoRequest
+    app_key = "client" if kind == "client" else "office"
+    secret = (settings.keys_dir / f"session-{app_key}.key").read_bytes()
+    if len(secret) < 32:
+        raise RuntimeError("session key missing or too short: run `kinko init`")
+    app.config.update(
+        SECRET_KEY=secret,
+        SESSION_COOKIE_NAME=cookie,  # __Host-: Secure, Path=/, no Domain
+        SESSION_COOKIE_SECURE=True,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_PATH="/",
+        PERMANENT_SESSION_LIFETIME=timedelta(minutes=session_minutes),
+        SESSION_REFRESH_EACH_REQUEST=True,
+        # Multipart framing adds a little over the file itself.
+        MAX_CONTENT_LENGTH=settings.max_upload_bytes + (1 << 20),
+        MAX_FORM_MEMORY_SIZE=64 * 1024,
+        MAX_FORM_PARTS=50,
+        WTF_CSRF_TIME_LIMIT=None,  # bound to the session, which itself expires
+        WTF_CSRF_SSL_STRICT=True,
+        BABEL_DEFAULT_LOCALE="ja",
+        BABEL_DEFAULT_TIMEZONE="Asia/Tokyo",
+        BABEL_TRANSLATION_DIRECTORIES=str(ROOT / "portal" / "translations"),
+    )
+    app.extensions["kinko.services"] = services
+    public_endpoints = set(public) | {"static", "set_language"}
+
+    login = LoginManager()
+    login.init_app(app)
+    login.login_view = "login"
+    login.session_protection = "strong"
+
+    @app.before_request
+    def guard() -> Any:
+        # Registered before CSRFProtect so an anonymous request is refused
+        # before its body is parsed at all.
+        if request.endpoint in public_endpoints:
+            return None
+        user = current_user
+        if user.is_authenticated and getattr(user, "kind", None) == kind:
+            return None
+        if request.path.startswith("/api/"):
+            return jsonify(error="unauthorized", message=_("Please log in.")), 401
+        return redirect(url_for("login", next=request.full_path if request.method == "GET"
+                                else None))
+
+    csrf = CSRFProtect(app)
+
+    Babel(app, locale_selector=_select_locale)
+    _install_helpers(app)
+    _install_headers(app)
+    _install_errors(app)
+
+    @app.route("/lang/<code>", methods=["POST"])
+    def set_language(code: str) -> Any:
+        resp = redirect(_safe_next(request.form.get("next")) or url_for("index"))
+        if code in LANGS:
+            resp.set_cookie("kinko_lang", code, max_age=365 * 86400, secure=True,
+                            httponly=True, samesite="Lax")
+        return resp
+
+    @app.teardown_request
+    def _abort_unclaimed_sinks(_exc: BaseException | None) -> None:
+        for sink in g.pop("kinko_sinks", []):
+            if not sink.finished:
+                sink.abort()
+
+    return app, login, csrf
+
+
+def _safe_next(target: str | None) -> str | None:
+    """Only same-site relative paths: no open redirects."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return None
+
+
+def _select_locale() -> str:
+    lang = request.cookies.get("kinko_lang")
+    return lang if lang in LANGS else "ja"
+
+
+def _install_helpers(app: Flask) -> None:
+    @app.template_filter("jst")
+    def jst(value: Any) -> str:
+        if value is None:
+            return ""
+        if value.tzinfo is None:
+            from datetime import UTC
+            value = value.replace(tzinfo=UTC)
+        local = value.astimezone(JST)
+        if str(get_locale()) == "ja":
+            return local.strftime("%Y年%m月%d日 %H:%M")
+        return local.strftime("%Y-%m-%d %H:%M JST")
+
+    @app.template_filter("filesize")
+    def filesize(n: int | None) -> str:
+        if n is None:
+            return ""
+        size = float(n)
+        for unit in ("B", "KB", "MB", "GB"):
+            if size < 1024 or unit == "GB":
+                return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+            size /= 1024
+        return f"{n} B"
+
+    @app.context_processor
+    def inject() -> dict[str, Any]:
+        return {"status_label": lambda s: str(STATUS_LABELS.get(s, s)),
+                "reason_text": reason_text, "current_lang": str(get_locale()),
+                "REASONS": REASONS}
+
+
+def _install_headers(app: Flask) -> None:
+    @app.after_request
+    def headers(resp: Any) -> Any:
+        h = resp.headers
+        h["Content-Security-Policy"] = (
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+        h["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
+        h["X-Content-Type-Options"] = "nosniff"
+        h["X-Frame-Options"] = "DENY"
+        h["Referrer-Policy"] = "no-referrer"
+        h["Cross-Origin-Opener-Policy"] = "same-origin"
+        h["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
+        if request.endpoint != "static":
+            h["Cache-Control"] = "no-store"
+            h["Pragma"] = "no-cache"
+        h.pop("Server", None)
+        return resp
+
+
+def error_response(status: int, code: str, message: str) -> Any:
+    if request.path.startswith("/api/"):
+        return jsonify(error=code, message=message), status
+    return render_template("error.html", status=status, message=message, ref=None), status
+
+
+def _install_errors(app: Flask) -> None:
+    @app.errorhandler(IntakeError)
+    def intake_error(exc: IntakeError) -> Any:
+        return error_response(exc.status, exc.code, reason_text(exc.code))
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(exc: CSRFError) -> Any:
+        return error_response(400, "csrf", _("The form expired or was sent from another "
+                                             "page. Please reload the page and try again."))
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Any:
+        status = exc.code or 500
+        messages: dict[int, Callable[[], str]] = {
+            400: lambda: _("The request could not be understood."),
+            403: lambda: _("You do not have access to this page."),
+            404: lambda: _("Not found."),
+            405: lambda: _("This action is not allowed here."),
+            413: lambda: reason_text("too_large"),
+        }
+        msg = messages.get(status, lambda: _("The request could not be completed."))()
+        code = {413: "too_large", 404: "not_found"}.get(status, f"http_{status}")
+        return error_response(status, code, msg)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Any:
+        ref = secrets.token_hex(6)
+        # The traceback goes to the server log under a reference id; the
+        # user sees only the id.  SQL parameters are hidden by the engine.
+        log.exception("unhandled error ref=%s on %s %s", ref, request.method, request.path)
+        msg = _("Something went wrong on our side. Please try again later. "
+                "Reference: %(ref)s", ref=ref)
+        if request.path.startswith("/api/"):
+            return jsonify(error="internal", message=msg, ref=ref), 500
+        return render_template("error.html", status=500, message=msg, ref=ref), 500
+
+
+def remote_addr() -> str | None:
+    return request.remote_addr
+
+
+def services() -> Services:
+    svc: Services = current_app.extensions["kinko.services"]
+    return svc

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install the Debian packages kinko and its tests need, if they are missing.
+# Idempotent and quiet when everything is present.
+set -euo pipefail
+
+need=()
+command -v clamd >/dev/null 2>&1 || [ -x /usr/sbin/clamd ] || need+=(clamav-daemon clamav)
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "kinko needs these Debian packages: ${need[*]} (run as root or install them)" >&2
+    exit 1
+  fi
+fi
+echo "Installing Debian packages: ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# Services must not be started by the package: kinko starts its own clamd.
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
