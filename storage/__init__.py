@@ -1,0 +1,67 @@
+"""kinko storage: object backends and envelope encryption at rest.
+
+Framework-free by design: nothing here imports Flask or ``portal`` or reads the
+environment; every setting arrives as a plain argument.
+"""
+
+from .base import (
+    ObjectInfo,
+    ObjectWriter,
+    Storage,
+    put_bytes,
+    read_bytes,
+    validate_key,
+    validate_metadata,
+)
+from .envelope import (
+    SEGMENT_SIZE,
+    EnvelopeReader,
+    EnvelopeWriter,
+    Header,
+    open_envelope,
+    peek_header,
+    rewrap_header,
+    seal,
+)
+from .errors import (
+    IntegrityError,
+    InvalidKeyError,
+    InvalidMetadataError,
+    KeyMaterialError,
+    ObjectNotFoundError,
+    StorageError,
+)
+from .keys import KeyUnwrapper, KeyWrapper, SymmetricKey, VaultPrivateKey, VaultPublicKey
+from .local import LocalStorage
+from .memory import MemoryStorage
+
+__all__ = [
+    "SEGMENT_SIZE",
+    "EnvelopeReader",
+    "EnvelopeWriter",
+    "Header",
+    "IntegrityError",
+    "InvalidKeyError",
+    "InvalidMetadataError",
+    "KeyMaterialError",
+    "KeyUnwrapper",
+    "KeyWrapper",
+    "LocalStorage",
+    "MemoryStorage",
+    "ObjectInfo",
+    "ObjectNotFoundError",
+    "ObjectWriter",
+    "Storage",
+    "StorageError",
+    "SymmetricKey",
+    "VaultPrivateKey",
+    "VaultPublicKey",
+    "open_envelope",
+    "peek_header",
+    "put_bytes",
+    "read_bytes",
+    "rewrap_header",
+    "seal",
+    "validate_key",
+    "validate_metadata",
+]

@@ -1,0 +1,136 @@
+"""LocalStorage specifics: permissions, crash leftovers, confinement."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from storage import LocalStorage, ObjectNotFoundError, StorageError, put_bytes, read_bytes
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+@pytest.fixture
+def permissive_umask() -> Iterator[None]:
+    """Umask 0: proves modes are forced, not inherited from a strict umask."""
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.usefixtures("permissive_umask")
+def test_file_and_directory_modes(tmp_path: Path) -> None:
+    root = tmp_path / "new-root"
+    store = LocalStorage(root)
+    put_bytes(store, "dz/abc/obj", b"secret", {"m": "1"})
+    assert _mode(root) == 0o700
+    for path in root.rglob("*"):
+        assert _mode(path) == (0o700 if path.is_dir() else 0o600), path
+    assert (root / "objects" / "dz" / "abc" / "obj").read_bytes() == b"secret"
+    assert (root / "meta" / "dz" / "abc" / "obj").exists()
+
+
+@pytest.mark.usefixtures("permissive_umask")
+def test_partial_file_is_private_while_writing(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path)
+    with store.writer("k") as sink:
+        sink.write(b"x" * 10)
+        partials = list((tmp_path / "partial").iterdir())
+        assert len(partials) == 1
+        assert _mode(partials[0]) == 0o600
+
+
+def test_crash_leaves_unlisted_partial_that_cleanup_removes(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path)
+    put_bytes(store, "dz/ok", b"fine")
+    crashed = store.writer("dz/crashed")
+    crashed.__enter__().write(b"half")  # process "dies" here: no __exit__
+    partial_dir = tmp_path / "partial"
+    leftovers = list(partial_dir.iterdir())
+    assert len(leftovers) == 1
+    old = time.time() - 7200
+    os.utime(leftovers[0], (old, old))
+    # A fresh instance (after restart) sees only committed objects.
+    restarted = LocalStorage(tmp_path)
+    assert list(restarted.keys()) == ["dz/ok"]
+    assert not restarted.exists("dz/crashed")
+    assert restarted.cleanup_partials(3600) == 1
+    assert list(partial_dir.iterdir()) == []
+    assert read_bytes(restarted, "dz/ok") == b"fine"
+
+
+def test_cleanup_removes_orphan_metadata(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path)
+    put_bytes(store, "a/live", b"x", {"m": "1"})
+    orphan = tmp_path / "meta" / "a" / "orphan"  # crash between the two commit renames
+    orphan.write_text("{}")
+    old = time.time() - 7200
+    os.utime(orphan, (old, old))
+    assert store.cleanup_partials(3600) == 1
+    assert not orphan.exists()
+    assert store.head("a/live").metadata == {"m": "1"}
+
+
+def test_symlinked_directory_cannot_escape_root(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "loot").write_bytes(b"not yours")
+    store = LocalStorage(tmp_path / "root")
+    os.symlink(outside, tmp_path / "root" / "objects" / "evil")
+    with pytest.raises(StorageError):
+        store.open("evil/loot")
+    with pytest.raises(StorageError):
+        store.writer("evil/planted")
+    assert list(store.keys()) == []
+    assert sorted(os.listdir(outside)) == ["loot"]
+
+
+def test_symlinked_object_file_is_not_followed(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"server secret")
+    store = LocalStorage(tmp_path / "root")
+    os.symlink(secret, tmp_path / "root" / "objects" / "link")
+    assert list(store.keys()) == []  # listing skips it silently
+    # Direct access is loud: a symlink in the tree is tampering, not a missing object.
+    for call in (store.open, store.head, store.exists):
+        with pytest.raises(StorageError):
+            call("link")
+    os.symlink("objects-sibling", tmp_path / "root" / "objects" / "inner")
+    with pytest.raises(StorageError):
+        store.open("inner")
+
+
+def test_key_that_is_also_a_prefix_is_refused(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path)
+    put_bytes(store, "a", b"file")
+    with pytest.raises(StorageError):
+        put_bytes(store, "a/b", b"child")
+    assert read_bytes(store, "a") == b"file"
+    assert list(store.keys()) == ["a"]
+    assert store.cleanup_partials(0) == 0
+
+
+def test_corrupt_metadata_is_reported(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path)
+    put_bytes(store, "k", b"x")
+    (tmp_path / "meta" / "k").write_text("[not a mapping")
+    with pytest.raises(StorageError):
+        store.head("k")
+
+
+def test_missing_metadata_sidecar_means_empty(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path)
+    put_bytes(store, "k", b"x", {"m": "1"})
+    (tmp_path / "meta" / "k").unlink()
+    assert store.head("k").metadata == {}
+    with pytest.raises(ObjectNotFoundError):
+        store.head("other")
