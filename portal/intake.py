@@ -16,7 +16,6 @@ Security invariants:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import secrets
 import time
 import unicodedata
@@ -91,7 +90,6 @@ class IntakeSink:
         self.key = f"dz/{self.upload_id}"
         self._max = max_bytes
         self._size = 0
-        self._sha = hashlib.sha256()
         self._head = bytearray()
         self._stack = contextlib.ExitStack()
         self._done = False
@@ -110,7 +108,6 @@ class IntakeSink:
             raise UploadTooLargeError()
         if len(self._head) < SNIFF_BYTES:
             self._head += data[: SNIFF_BYTES - len(self._head)]
-        self._sha.update(data)
         self._seal.write(data)
         return len(data)
 
@@ -142,7 +139,8 @@ class IntakeSink:
         self._seal.close()
         self._stack.close()  # commits the object atomically
         self._done = True
-        return Received(self.upload_id, self.key, self._size, self._sha.hexdigest(),
+        # The envelope writer hashed the plaintext on the way: one pass only.
+        return Received(self.upload_id, self.key, self._size, self._seal.plaintext_sha256,
                         sniff(bytes(self._head)))
 
     def abort(self) -> None:

@@ -239,8 +239,10 @@ def pull_upload(services: Services, upload_id: str, actor: Actor,
                                           unwrapper=services.dropzone_key)) as plain:
         with services.vault.writer(vault_key, {"created": str(int(time.time()))}) as out:
             sealed = seal(out, services.vault_public, vault_key, embed_key=False)
-            for chunk in plain.iter_chunks(COPY_CHUNK):
+            for i, chunk in enumerate(plain.iter_chunks(COPY_CHUNK)):
                 sealed.write(chunk)
+                if i == 1:
+                    checkpoint("pull:copying")  # a crash with a half-written object
             sealed.close()
             if sealed.plaintext_sha256 != expected or sealed.plaintext_size != size:
                 raise IntegrityError("drop-zone plaintext differs from the recorded digest")

@@ -187,7 +187,9 @@ def _install_headers(app: Flask) -> None:
         h["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
         h["X-Content-Type-Options"] = "nosniff"
         h["X-Frame-Options"] = "DENY"
-        h["Referrer-Policy"] = "no-referrer"
+        # same-origin: our own CSRF check (WTF_CSRF_SSL_STRICT) needs the Referer
+        # on same-site posts; no other site ever sees our URLs.
+        h["Referrer-Policy"] = "same-origin"
         h["Cross-Origin-Opener-Policy"] = "same-origin"
         h["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
         if request.endpoint != "static":

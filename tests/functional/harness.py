@@ -1,0 +1,251 @@
+"""The real stack for functional tests: `kinko serve` over HTTPS with a clamd
+the suite controls (so tests can stop, pause and restart it)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pyotp
+import requests
+
+from scanners.clamd_process import ClamdProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+KINKO = [sys.executable, "-m", "portal.cli"]
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+MAX_UPLOAD = 64 << 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def eicar() -> bytes:
+    # Built at run time so that the repository carries no EICAR file.
+    return (b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*")
+
+
+def csrf_from(html: str) -> str:
+    m = CSRF.search(html)
+    assert m, "no CSRF token on the page"
+    return m.group(1)
+
+
+class Totp:
+    """Hands out codes an account will accept: each step once, ±1 step drift."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self.last = -1
+
+    def code(self) -> str:
+        t = pyotp.TOTP(self.secret)
+        while True:
+            now = int(time.time() // 30)
+            for step in (now - 1, now, now + 1):
+                if step > self.last:
+                    self.last = step
+                    return t.generate_otp(step)
+            time.sleep(1)
+
+
+@dataclass
+class Stack:
+    base: Path
+    home: Path
+    env: dict[str, str]
+    client_url: str
+    office_url: str
+    clamd: ClamdProcess
+    clamd_dir: Path
+    official_dir: Path
+    server: subprocess.Popen[bytes] | None = None
+    totps: dict[str, Totp] = field(default_factory=dict)
+
+    @property
+    def cert(self) -> str:
+        return str(self.home / "tls" / "cert.pem")
+
+    # -- processes -----------------------------------------------------------
+    def kinko(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
+              timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([*KINKO, *args], env=env or self.env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kinko {' '.join(args)} failed: {proc.stderr[-2000:]}")
+        return proc
+
+    def start_server(self) -> None:
+        log = open(self.base / "serve.log", "ab")  # noqa: SIM115 - lives with the process
+        self.server = subprocess.Popen([*KINKO, "serve"], env=self.env, cwd=ROOT,
+                                       stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        deadline = time.monotonic() + 60
+        for url in (self.client_url, self.office_url):
+            while True:
+                try:
+                    if requests.get(url + "/login", verify=self.cert, timeout=2).ok:
+                        break
+                except (requests.ConnectionError, OSError):
+                    pass
+                if self.server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("kinko serve did not start:\n" + self.log_tail())
+                time.sleep(0.3)
+
+    def stop_server(self) -> None:
+        if self.server and self.server.poll() is None:
+            os.killpg(self.server.pid, signal.SIGTERM)
+            try:
+                self.server.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.server.pid, signal.SIGKILL)
+                self.server.wait(10)
+
+    def log_tail(self, n: int = 4000) -> str:
+        path = self.base / "serve.log"
+        return path.read_text(errors="replace")[-n:] if path.exists() else ""
+
+    def restart_clamd(self) -> None:
+        """Start a new clamd at the same socket address the stack was given."""
+        self.clamd = ClamdProcess(self.clamd_dir, max_bytes=MAX_UPLOAD,
+                                  official_dir=self.official_dir)
+        address = self.clamd.start(timeout=60)
+        assert address == self.env["KINKO_CLAMD"], (address, self.env["KINKO_CLAMD"])
+
+    # -- accounts ------------------------------------------------------------
+    def add_staff(self, login: str, role: str = "manager", companies: str = "") -> Totp:
+        secret = pyotp.random_base32()
+        args = ["staff", "add", login, "--role", role, "--password", "Passw0rd-" + login,
+                "--totp-secret", secret]
+        if companies:
+            args += ["--companies", companies]
+        self.kinko(*args)
+        self.totps[login] = Totp(secret)
+        return self.totps[login]
+
+    def client(self, company: str, login: str, password: str) -> requests.Session:
+        s = requests.Session()
+        s.trust_env = False  # env CA bundles would override verify
+        s.verify = self.cert
+        s.headers["Referer"] = self.client_url + "/"  # as a browser sends it
+        page = s.get(self.client_url + "/login")
+        r = s.post(self.client_url + "/login", data={
+            "company": company, "login": login, "password": password,
+            "csrf_token": csrf_from(page.text)}, allow_redirects=False)
+        assert r.status_code == 302, r.status_code
+        return s
+
+    def office(self, login: str) -> requests.Session:
+        s = requests.Session()
+        s.trust_env = False  # env CA bundles would override verify
+        s.verify = self.cert
+        s.headers["Referer"] = self.office_url + "/"
+        page = s.get(self.office_url + "/login")
+        r = s.post(self.office_url + "/login", data={
+            "login": login, "password": "Passw0rd-" + login,
+            "csrf_token": csrf_from(page.text)}, allow_redirects=False)
+        assert r.status_code == 302, r.status_code
+        page = s.get(self.office_url + "/totp")
+        r = s.post(self.office_url + "/totp", data={
+            "code": self.totps[login].code(), "csrf_token": csrf_from(page.text)},
+            allow_redirects=False)
+        assert r.status_code == 302, r.status_code
+        return s
+
+    def token(self, company: str, login: str) -> str:
+        return self.kinko("token", "add", company, login).stdout.strip()
+
+    # -- uploads -------------------------------------------------------------
+    def api_upload(self, token: str, data: bytes | Iterable[bytes], filename: str,
+                   purpose: str = "koyo", **headers: str) -> requests.Response:
+        h = {"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream",
+             "Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename)}",
+             "X-Purpose": purpose, **headers}
+        return requests.post(self.client_url + "/api/v1/uploads", data=data, headers=h,
+                             verify=self.cert, timeout=120)
+
+    def form_upload(self, session: requests.Session, data: bytes, filename: str,
+                    purpose: str = "koyo") -> requests.Response:
+        page = session.get(self.client_url + "/")
+        return session.post(self.client_url + "/uploads",
+                            data={"csrf_token": csrf_from(page.text), "purpose": purpose},
+                            files={"file": (filename, data, "application/octet-stream")},
+                            allow_redirects=False, timeout=120)
+
+    def status(self, token: str, upload_id: str) -> dict[str, Any]:
+        r = requests.get(f"{self.client_url}/api/v1/uploads/{upload_id}",
+                         headers={"Authorization": f"Bearer {token}"}, verify=self.cert,
+                         timeout=30)
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    def wait_for(self, token: str, upload_id: str, statuses: set[str],
+                 timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.status(token, upload_id)
+            if body["status"] in statuses:
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{upload_id} still {body['status']}, wanted {statuses}\n"
+                                     + self.log_tail())
+            time.sleep(0.2)
+
+    def objects(self, area: str, prefix: str = "") -> list[Path]:
+        root = self.home / area / "objects"
+        return sorted(p for p in root.rglob("*") if p.is_file() and
+                      p.relative_to(root).as_posix().startswith(prefix))
+
+
+def build_stack(tmp_factory: Callable[[str], Path]) -> Stack:
+    # A short base path: the clamd socket must fit in sun_path.
+    base = Path(tempfile.mkdtemp(prefix="kt-"))
+    official = base / "no-official-db"
+    official.mkdir()
+    clamd_dir = base / "clamd"
+    clamd = ClamdProcess(clamd_dir, max_bytes=MAX_UPLOAD, official_dir=official)
+    address = clamd.start(timeout=60)
+    home = base / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KINKO_")}
+    env.update({
+        "KINKO_HOME": str(home), "KINKO_CLAMD": address,
+        "KINKO_CLIENT_PORT": str(free_port()), "KINKO_OFFICE_PORT": str(free_port()),
+        "KINKO_CLIENT_HOST": "127.0.0.1",
+        "KINKO_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+        "KINKO_SCAN_RETRY_BASE": "0.5", "KINKO_SCAN_RETRY_MAX": "2",
+        "KINKO_SCAN_TIMEOUT": "20",
+    })
+    stack = Stack(base=base, home=home, env=env,
+                  client_url=f"https://localhost:{env['KINKO_CLIENT_PORT']}",
+                  office_url=f"https://127.0.0.1:{env['KINKO_OFFICE_PORT']}",
+                  clamd=clamd, clamd_dir=clamd_dir, official_dir=official)
+    stack.kinko("init")
+    for code, name in (("acme", "株式会社アクメ"), ("beta", "ベータ商事株式会社")):
+        stack.kinko("company", "add", code, "--name", name)
+        stack.kinko("user", "add", code, "hr", "--password", f"{code}-Passw0rd")
+    stack.add_staff("boss", "manager")
+    stack.add_staff("hana", "handler", companies="acme")
+    stack.start_server()
+    return stack
+
+
+def teardown_stack(stack: Stack) -> None:
+    stack.stop_server()
+    stack.clamd.stop()
+    if not os.environ.get("KINKO_KEEP_TEST_HOME"):
+        shutil.rmtree(stack.base, ignore_errors=True)
