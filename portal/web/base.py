@@ -80,7 +80,9 @@ def create_base_app(name: str, settings: Settings, services: Services, *, kind: 
         SESSION_REFRESH_EACH_REQUEST=True,
         # Multipart framing adds a little over the file itself.
         MAX_CONTENT_LENGTH=settings.max_upload_bytes + (1 << 20),
-        MAX_FORM_MEMORY_SIZE=64 * 1024,
+        # Text fields only (files go to the sink); must exceed the 64 KiB chunks
+        # Werkzeug feeds its multipart parser, which it checks against this.
+        MAX_FORM_MEMORY_SIZE=1 << 20,
         MAX_FORM_PARTS=50,
         WTF_CSRF_TIME_LIMIT=None,  # bound to the session, which itself expires
         WTF_CSRF_SSL_STRICT=True,

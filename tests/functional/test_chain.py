@@ -174,3 +174,16 @@ def test_clamd_down_keeps_uploads_scanning_until_it_returns(
         stack.restart_clamd()
     body = stack.wait_for(acme_token, up["id"], {"clean", "infected", "refused"}, timeout=60)
     assert body["status"] == "clean"
+
+
+def test_office_warns_loudly_when_clamd_has_only_test_signatures(stack: Stack) -> None:
+    office = stack.office("boss")
+    import time
+    deadline = time.monotonic() + 30
+    while True:  # the worker probes clamd at start and every minute
+        page = office.get(f"{stack.office_url}/").text
+        if "ClamAV" in page or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert "公式の定義ファイルがありません" in page
+    assert "ClamAV 1." in page  # the engine version the worker saw
