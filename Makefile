@@ -30,12 +30,12 @@ run: system-deps $(STAMP) catalog
 	$(BIN)/kinko serve
 
 lint: $(STAMP)
-	$(BIN)/ruff check portal storage scanners tests bench
+	$(BIN)/ruff check portal storage scanners tests $(wildcard bench)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: system-deps $(STAMP) catalog lint
+test: system-deps $(STAMP) catalog lint typecheck
 	$(BIN)/pytest
 
 unit: $(STAMP) catalog

@@ -30,9 +30,9 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import IO, Any
+from typing import IO, Any, BinaryIO, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
 from scanners.clamd import ScanResult
 from scanners.errors import ScannerError, ScannerUnavailableError
@@ -123,7 +123,7 @@ def _inspect(services: Services, upload_id: str, filename: str, size: int,
         assert upload is not None
         reader = _open_dropzone(services, upload)
     with contextlib.closing(reader):
-        policy = check_file(reader, filename, size)
+        policy = check_file(cast(BinaryIO, reader), filename, size)
         if not policy.allowed:
             return policy.reason or "type_not_allowed", None
         with services.sessions() as db, db.begin():
@@ -257,14 +257,14 @@ def pull_upload(services: Services, upload_id: str, actor: Actor,
     checkpoint("pull:verified")
 
     with services.sessions() as db, db.begin():
-        won = db.execute(
+        won = cast(CursorResult[Any], db.execute(
             update(Upload).where(Upload.id == upload_id, Upload.status == Status.CLEAN)
             .values(status=Status.VAULTED, vault_key=vault_key,
                     vault_key_id=services.vault_public.key_id,
                     vault_wrapped_key=sealed.wrapped_key,
                     vault_ciphertext_sha256=sealed.ciphertext_sha256,
                     vaulted_at=utcnow(), updated_at=utcnow())
-        ).rowcount
+        )).rowcount
         if won:
             company_id = db.execute(select(Upload.company_id)
                                     .where(Upload.id == upload_id)).scalar_one()
@@ -284,7 +284,7 @@ def _verify_vault_object(services: Services, key: str, data_key: bytes, sha256: 
     raw = _HashingReader(services.vault.open(key))
     digest = hashlib.sha256()
     n = 0
-    plain = open_envelope(raw, key, data_key=data_key)
+    plain = open_envelope(cast(BinaryIO, raw), key, data_key=data_key)
     for chunk in plain.iter_chunks(COPY_CHUNK):
         digest.update(chunk)
         n += len(chunk)

@@ -29,7 +29,7 @@ def serve(settings: Settings, *, banner: str = "") -> int:
     clamd: ClamdProcess | None = None
     addr_file = settings.run_dir / "clamd.address"
     info_file = settings.run_dir / "clamd.json"
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     stopping = False
 
     def stop(_sig: int = 0, _frame: object = None) -> None:
@@ -43,36 +43,38 @@ def serve(settings: Settings, *, banner: str = "") -> int:
             clamd = ClamdProcess(settings.run_dir / "clamd", max_bytes=settings.max_upload_bytes)
             address = clamd.start()
             addr_file.write_text(address)
-            info_file.write_text(json.dumps({"official": clamd.signature_info.official}))
-            if not clamd.signature_info.official:
+            official = bool(clamd.signature_info and clamd.signature_info.official)
+            info_file.write_text(json.dumps({"official": official}))
+            if not official:
                 print("WARNING: clamd runs with kinko's test signature only (no official "
                       "ClamAV database here: freshclam needs the internet).", file=sys.stderr)
         env = dict(os.environ, KINKO_HOME=str(settings.home))
-        procs.append(subprocess.Popen(_gunicorn("portal.client:create_app()",
-                                                settings.client_host, settings.client_port),
-                                      env=env))
-        procs.append(subprocess.Popen(_gunicorn("portal.office:create_app()",
-                                                settings.office_host, settings.office_port),
-                                      env=env))
-        procs.append(subprocess.Popen([sys.executable, "-m", "portal.cli", "worker"], env=env))
+        procs.append(("client app", subprocess.Popen(
+            _gunicorn("portal.client:create_app()", settings.client_host, settings.client_port),
+            env=env)))
+        procs.append(("office app", subprocess.Popen(
+            _gunicorn("portal.office:create_app()", settings.office_host, settings.office_port),
+            env=env)))
+        procs.append(("worker", subprocess.Popen(
+            [sys.executable, "-m", "portal.cli", "worker"], env=env)))
         print(f"kinko client app: https://localhost:{settings.client_port}/login\n"
               f"kinko office app: https://127.0.0.1:{settings.office_port}/login\n"
               f"(self-signed certificate: {settings.tls_cert})\n{banner}", flush=True)
         code = 0
         while not stopping:
-            for p in procs:
+            for name, p in procs:
                 if p.poll() is not None:
-                    print(f"a kinko process exited ({p.args[-1]}); stopping", file=sys.stderr)
+                    print(f"kinko {name} exited; stopping the others", file=sys.stderr)
                     code = 1
                     stopping = True
             time.sleep(0.5)
         return code
     finally:
-        for p in procs:
+        for _name, p in procs:
             if p.poll() is None:
                 p.terminate()
         deadline = time.monotonic() + 25
-        for p in procs:
+        for _name, p in procs:
             try:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:

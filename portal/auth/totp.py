@@ -8,9 +8,10 @@ processes see it at the same time.
 from __future__ import annotations
 
 import time
+from typing import Any, cast
 
 import pyotp
-from sqlalchemy import or_, update
+from sqlalchemy import CursorResult, or_, update
 from sqlalchemy.orm import Session
 
 
@@ -28,15 +29,15 @@ def matching_step(secret: str, code: str, now: float | None = None) -> int | Non
     return None
 
 
-def consume(db: Session, model: type, account_id: int, secret: str, code: str) -> bool:
+def consume(db: Session, model: Any, account_id: int, secret: str, code: str) -> bool:
     """Accept ``code`` once: atomically move the account's last step forward."""
     step = matching_step(secret, code)
     if step is None:
         return False
-    done = db.execute(
+    done = cast(CursorResult[Any], db.execute(
         update(model)
         .where(model.id == account_id,
                or_(model.totp_last_step.is_(None), model.totp_last_step < step))
         .values(totp_last_step=step)
-    ).rowcount
+    )).rowcount
     return bool(done)

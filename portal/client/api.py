@@ -6,6 +6,7 @@ its session cookie must send the CSRF header.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -24,15 +25,24 @@ from .views import current_client, get_room_upload, purposes
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 
+def iso(at: datetime | None) -> str | None:
+    """ISO 8601 in UTC.  SQLite returns naive datetimes; they are UTC."""
+    if at is None:
+        return None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def upload_json(u: Upload, *, events: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": u.id, "filename": u.filename, "status": u.status, "size": u.size,
         "sha256": u.sha256, "purpose": u.purpose_code, "kind": u.kind,
         "reason_code": u.reason, "reason": reason_text(u.reason) if u.reason else None,
-        "created_at": u.created_at.isoformat() if u.created_at else None,
+        "created_at": iso(u.created_at),
     }
     if events:
-        out["events"] = [{"status": e.status, "at": e.at.isoformat()} for e in u.events]
+        out["events"] = [{"status": e.status, "at": iso(e.at)} for e in u.events]
     return out
 
 
