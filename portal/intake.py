@@ -21,6 +21,7 @@ import time
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -29,7 +30,7 @@ from scanners.filetypes import sniff
 from storage.envelope import seal
 
 from .audit import Actor, Tag, record
-from .models import ClientUser, Purpose, Status, Upload, UploadEvent
+from .models import ClientUser, Purpose, Status, Upload, UploadEvent, utcnow
 from .services import Services
 
 SNIFF_BYTES = 8192
@@ -198,6 +199,9 @@ def register(
             size=received.size,
             sha256=received.sha256,
             dropzone_key=received.key,
+            # The queued job normally runs at once; past this the reconciler
+            # assumes the job was lost and queues it again.
+            next_attempt_at=utcnow() + timedelta(minutes=5),
         )
         db.add(upload)
         db.add(UploadEvent(upload_id=upload.id, status=Status.RECEIVED))

@@ -88,6 +88,10 @@ def scan_upload(services: Services, upload_id: str) -> ScanOutcome:
             raise PipelineError("not_found")
         if upload.status not in PENDING_SCAN:
             return ScanOutcome(upload.status)
+        # A lease: the reconciler re-queues this scan only if it has not
+        # finished (or been deferred) by then, i.e. its worker died.
+        upload.next_attempt_at = utcnow() + timedelta(
+            seconds=services.settings.scan_timeout + 60)
         if upload.status == Status.RECEIVED:
             _transition(db, upload, Status.SCANNING)
             record(db, services.audit_key, Tag.SCAN_STARTED, SYSTEM,

@@ -22,8 +22,6 @@ from ..models import Upload
 from ..web.base import remote_addr, services
 from .views import current_client, get_room_upload, purposes
 
-bp = Blueprint("api", __name__, url_prefix="/api/v1")
-
 
 def iso(at: datetime | None) -> str | None:
     """ISO 8601 in UTC.  SQLite returns naive datetimes; they are UTC."""
@@ -68,14 +66,12 @@ def filename_from_disposition(header: str | None) -> str | None:
     return plain
 
 
-@bp.get("/purposes")
 def list_purposes() -> Any:
     lang = str(get_locale())
     return jsonify(purposes=[{"code": p.code, "label": p.label(lang)}
                              for p in purposes(services())])
 
 
-@bp.get("/uploads")
 def list_uploads() -> Any:
     svc = services()
     with svc.sessions() as db:
@@ -84,12 +80,10 @@ def list_uploads() -> Any:
     return jsonify(uploads=[upload_json(u) for u in rows])
 
 
-@bp.get("/uploads/<upload_id>")
 def get_upload(upload_id: str) -> Any:
     return jsonify(upload_json(get_room_upload(services(), upload_id), events=True))
 
 
-@bp.post("/uploads")
 def create_upload() -> Any:
     svc = services()
     user = current_client(svc)
@@ -117,6 +111,13 @@ def create_upload() -> Any:
 
 
 def init(app: Flask, csrf: CSRFProtect) -> None:
+    # A blueprint per app (not per module), so that the factory can build
+    # several apps in one process (tests, or both apps in one server).
+    bp = Blueprint("api", __name__, url_prefix="/api/v1")
+    bp.add_url_rule("/purposes", view_func=list_purposes, methods=["GET"])
+    bp.add_url_rule("/uploads", view_func=list_uploads, methods=["GET"])
+    bp.add_url_rule("/uploads/<upload_id>", view_func=get_upload, methods=["GET"])
+    bp.add_url_rule("/uploads", view_func=create_upload, methods=["POST"])
     csrf.exempt(bp)
 
     @bp.before_request
