@@ -59,8 +59,30 @@ class Tag(StrEnum):
     COMPANY_CREATED = "office:company:created"
     CLIENT_USER_CREATED = "office:client_user:created"
     STAFF_CREATED = "office:staff:created"
-    TOKEN_CREATED = "office:token:created"  # noqa: S105 - an event name
+    TOKEN_CREATED = "office:token:created"
     ACCESS_DENIED = "any:access:denied"
+    # accounts and sign-in (actor_kind tells client from staff)
+    LOGIN_LOCKED_OUT = "account:session:login_refused_locked"
+    ADDRESS_THROTTLED = "account:session:address_throttled"
+    ACCOUNT_LOCKED = "account:account:locked"
+    ACCOUNT_UNLOCKED = "account:account:unlocked"
+    ACCOUNT_DISABLED = "account:account:disabled"
+    ACCOUNT_ENABLED = "account:account:enabled"
+    ACCOUNT_UPDATED = "account:account:updated"
+    TOTP_REUSED = "account:totp:reused"
+    TOTP_FAILED = "account:totp:failed"
+    TOTP_ENROLLED = "account:totp:enrolled"
+    TOTP_RESET = "account:totp:reset"
+    RECOVERY_USED = "account:recovery_code:used"
+    RECOVERY_REGENERATED = "account:recovery_code:regenerated"
+    PASSWORD_CHANGED = "account:password:changed"
+    PASSWORD_CHANGE_FAILED = "account:password:change_refused"
+    PASSWORD_RESET = "account:password:reset"
+    SESSIONS_ENDED = "account:session:ended_others"
+    TOKEN_REVOKED = "account:token:revoked"
+    POLICY_CHANGED = "office:policy:changed"
+    COMPANY_UPDATED = "office:company:updated"
+    STAFF_UPDATED = "office:staff:updated"
 
 
 @dataclass(frozen=True)

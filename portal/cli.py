@@ -196,11 +196,14 @@ def staff_add(login: str, role: str, password: str | None, totp_secret: str | No
               companies: str, email: str | None, display_name: str) -> None:
     svc = _office()
     pw, generated = _check_password(password)
-    secret = totp_secret or pyotp.random_base32()
-    try:
-        pyotp.TOTP(secret).now()
-    except Exception as exc:  # noqa: BLE001 - any decoding problem is a bad secret
-        raise CliError("--totp-secret must be base32") from exc
+    # Without --totp-secret the person enrols their own authenticator at the
+    # first sign-in (the secret is then never seen by anyone else).
+    secret = totp_secret
+    if secret is not None:
+        try:
+            pyotp.TOTP(secret).now()
+        except Exception as exc:  # noqa: BLE001 - any decoding problem is a bad secret
+            raise CliError("--totp-secret must be base32") from exc
     with svc.sessions() as db, db.begin():
         if db.execute(select(Staff).where(Staff.login == login)).scalar_one_or_none():
             raise CliError(f"staff {login} already exists")
@@ -216,7 +219,7 @@ def staff_add(login: str, role: str, password: str | None, totp_secret: str | No
     if generated:
         click.echo(f"initial password: {pw}")
     if not totp_secret:
-        click.echo(f"TOTP secret: {secret}")
+        click.echo("two-step verification: set up at the first sign-in")
 
 
 @main.group()

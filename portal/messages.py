@@ -46,3 +46,23 @@ def reason_text(code: str | None) -> str:
         return ""
     text = REASONS.get(code)
     return str(text) if text is not None else str(REASONS["malformed"])
+
+
+PASSWORD_ISSUES = {
+    "wrong_current": _l("The current password is incorrect."),
+    "mismatch": _l("The two new passwords do not match."),
+    "too_short": _l("The password is too short (at least %(n)s characters)."),
+    "too_long": _l("The password is too long (at most %(n)s characters)."),
+    "letters_digits": _l("Use both letters and digits."),
+    "common": _l("This password is too common and easy to guess."),
+    "contains_login": _l("The password must not contain your login ID."),
+    "reused": _l("You used this password recently. Please choose a new one."),
+}
+
+
+def password_issue(code: str, policy: object = None) -> str:
+    text = PASSWORD_ISSUES.get(code)
+    if text is None:
+        return code
+    n = getattr(policy, "max_length" if code == "too_long" else "min_length", 8)
+    return str(text) % {"n": n} if "%(n)s" in str(text) else str(text)

@@ -45,6 +45,19 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{name} must be a number") from exc
 
 
+def _networks(raw: str) -> tuple[str, ...]:
+    import ipaddress
+    out = []
+    for part in raw.split(","):
+        if part.strip():
+            try:
+                out.append(str(ipaddress.ip_network(part.strip(), strict=False)))
+            except ValueError as exc:
+                raise SettingsError(f"KINKO_OFFICE_ALLOWED_NETWORKS: bad network {part!r}") \
+                    from exc
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -64,6 +77,10 @@ class Settings:
     smtp_url: str | None
     mail_from: str
     public_url: str
+    client_idle_minutes: int = 30
+    staff_idle_minutes: int = 15
+    session_absolute_hours: int = 12
+    office_allowed_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -93,6 +110,11 @@ class Settings:
             smtp_url=env.get("KINKO_SMTP_URL") or None,
             mail_from=env.get("KINKO_MAIL_FROM") or "kinko@localhost",
             public_url=env.get("KINKO_PUBLIC_URL") or f"https://localhost:{client_port}",
+            client_idle_minutes=_int(env, "KINKO_CLIENT_IDLE_MINUTES", 30),
+            staff_idle_minutes=_int(env, "KINKO_STAFF_IDLE_MINUTES", 15),
+            session_absolute_hours=_int(env, "KINKO_SESSION_ABSOLUTE_HOURS", 12),
+            office_allowed_networks=_networks(
+                env.get("KINKO_OFFICE_ALLOWED_NETWORKS") or "127.0.0.0/8,::1/128"),
         )
 
     @property

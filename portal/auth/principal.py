@@ -20,9 +20,11 @@ class Principal(UserMixin):
     epoch: int
     company_id: int | None = None
     role: str | None = None
+    sid: str = ""  # the server-side session token (the cookie holds only this)
+    must_change: bool = False  # initial or expired password: nothing else until changed
 
     def get_id(self) -> str:
-        return f"{self.id}:{self.epoch}"
+        return self.sid
 
     @property
     def label(self) -> str:

@@ -19,7 +19,7 @@ from ..settings import Settings
 from ..web.base import SINKS, create_base_app
 from . import api, auth, views
 
-PUBLIC = {"login"}
+PUBLIC = {"login", "totp", "totp_enrol"}
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     services = build_services(settings, "client", enqueue=jobs)
     app, login, csrf = create_base_app(
         __name__, settings, services, kind="client", cookie="__Host-kinko-client",
-        session_minutes=30, public=PUBLIC)
+        session_minutes=settings.client_idle_minutes, public=PUBLIC)
 
     def sink_factory() -> IntakeSink:
         sinks = g.setdefault("kinko_sinks", [])

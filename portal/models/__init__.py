@@ -3,22 +3,28 @@
 from .accounts import ApiToken, ClientUser, Company, Staff, staff_companies
 from .audit import AuditEvent
 from .base import Base, utcnow
+from .security import AddressFailure, PasswordHistory, Policy, RecoveryCode, WebSession
 from .system import SystemStatus
 from .uploads import PENDING_SCAN, Purpose, Status, Upload, UploadEvent
 
 __all__ = [
     "PENDING_SCAN",
+    "AddressFailure",
     "ApiToken",
     "AuditEvent",
     "Base",
     "ClientUser",
     "Company",
+    "PasswordHistory",
+    "Policy",
     "Purpose",
+    "RecoveryCode",
     "Staff",
     "Status",
     "SystemStatus",
     "Upload",
     "UploadEvent",
+    "WebSession",
     "staff_companies",
     "utcnow",
 ]

@@ -25,6 +25,8 @@ class Company(Base):
     name: Mapped[str] = mapped_column(String(200))
     # Policy: pull clean uploads into the vault without waiting for staff.
     auto_pull: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Policy: every user of this company must use a second factor (TOTP).
+    require_2fa: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     users: Mapped[list[ClientUser]] = relationship(back_populates="company")
@@ -48,6 +50,9 @@ class ClientUser(Base):
     totp_last_step: Mapped[int | None] = mapped_column(Integer)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     # Bumped to end every session of this user on the server side.
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    throttled_until: Mapped[datetime | None] = mapped_column()
+    locked_at: Mapped[datetime | None] = mapped_column()  # cleared by a manager
     session_epoch: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -70,6 +75,9 @@ class Staff(Base):
     totp_secret: Mapped[str | None] = mapped_column(String(64))
     totp_last_step: Mapped[int | None] = mapped_column(Integer)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    throttled_until: Mapped[datetime | None] = mapped_column()
+    locked_at: Mapped[datetime | None] = mapped_column()  # cleared by a manager
     session_epoch: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -13,7 +13,7 @@ from ..settings import Settings
 from ..web.base import create_base_app
 from . import auth, views
 
-PUBLIC = {"login", "totp"}
+PUBLIC = {"login", "totp", "totp_enrol"}
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -22,7 +22,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     services = build_services(settings, "office", enqueue=jobs)
     app, login, _csrf = create_base_app(
         __name__, settings, services, kind="staff", cookie="__Host-kinko-office",
-        session_minutes=15, public=PUBLIC)
+        session_minutes=settings.staff_idle_minutes, public=PUBLIC,
+        allowed_networks=settings.office_allowed_networks)
     # No sink factory: the office app accepts no file uploads at all.
     auth.init(app, login)
     views.init(app)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import secrets
 from collections.abc import Callable, Iterable
@@ -35,8 +36,9 @@ from flask_login import LoginManager, current_user
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import BadRequest, HTTPException
 
+from ..audit import Actor, Tag, record
 from ..intake import IntakeError
-from ..messages import REASONS, STATUS_LABELS, reason_text
+from ..messages import REASONS, STATUS_LABELS, password_issue, reason_text
 from ..services import Services
 from ..settings import Settings
 
@@ -60,8 +62,9 @@ class KinkoRequest(Request):
 
 
 def create_base_app(name: str, settings: Settings, services: Services, *, kind: str,
-                    cookie: str, session_minutes: int,
-                    public: Iterable[str]) -> tuple[Flask, LoginManager, CSRFProtect]:
+                    cookie: str, session_minutes: int, public: Iterable[str],
+                    allowed_networks: Iterable[str] | None = None,
+                    ) -> tuple[Flask, LoginManager, CSRFProtect]:
     app = Flask(name, template_folder=str(ROOT / "templates"),
                 static_folder=str(ROOT / "static"))
     app.request_class = KinkoRequest
@@ -92,11 +95,31 @@ def create_base_app(name: str, settings: Settings, services: Services, *, kind: 
     )
     app.extensions["kinko.services"] = services
     public_endpoints = set(public) | {"static", "set_language"}
+    # Reachable while a password change is forced: nothing else is.
+    change_endpoints = {"change_password", "logout", "static", "set_language"}
 
     login = LoginManager()
     login.init_app(app)
     login.login_view = "login"
     login.session_protection = "strong"
+
+    networks = [ipaddress.ip_network(n) for n in allowed_networks or []]
+
+    if networks:
+        @app.before_request
+        def address_allow_list() -> Any:
+            # The office console is for the office network only: anything
+            # else is refused before any other code runs.
+            try:
+                addr = ipaddress.ip_address(request.remote_addr or "")
+            except ValueError:
+                addr = None
+            if addr is not None and any(addr in net for net in networks):
+                return None
+            with services.sessions() as db, db.begin():
+                record(db, services.audit_key, Tag.ACCESS_DENIED, Actor("anonymous"),
+                       remote_addr=request.remote_addr, details={"why": "address_not_allowed"})
+            return error_response(403, "forbidden", _("You do not have access to this page."))
 
     @app.before_request
     def guard() -> Any:
@@ -106,6 +129,11 @@ def create_base_app(name: str, settings: Settings, services: Services, *, kind: 
             return None
         user = current_user
         if user.is_authenticated and getattr(user, "kind", None) == kind:
+            if getattr(user, "must_change", False) and request.endpoint not in change_endpoints:
+                if request.path.startswith("/api/"):
+                    return jsonify(error="password_change_required",
+                                   message=_("Please change your password first.")), 403
+                return redirect(url_for("change_password"))
             return None
         if request.path.startswith("/api/"):
             return jsonify(error="unauthorized", message=_("Please log in.")), 401
@@ -176,6 +204,7 @@ def _install_helpers(app: Flask) -> None:
     def inject() -> dict[str, Any]:
         return {"status_label": lambda s: str(STATUS_LABELS.get(s, s)),
                 "reason_text": reason_text, "current_lang": str(get_locale()),
+                "password_issue": password_issue,
                 "REASONS": REASONS}
 
 
