@@ -22,3 +22,9 @@ access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(D)sus'
 if _settings.tls_cert.exists() and _settings.tls_key.exists():
     certfile = str(_settings.tls_cert)
     keyfile = str(_settings.tls_key)
+
+# No product or version banner: answer "Server: kinko" instead of gunicorn's.
+import gunicorn.http.wsgi as _wsgi  # noqa: E402
+
+_wsgi.SERVER = "kinko"
+_wsgi.SERVER_SOFTWARE = "kinko"

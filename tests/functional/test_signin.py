@@ -300,3 +300,10 @@ def test_handler_cannot_download_outside_assigned_companies(
     r = stack.kinko("vault", "get", up["id"], "--staff", "hana", "--purpose", "koyo",
                     "-o", str(stack.base / "never"), check=False)
     assert r.returncode != 0 and not (stack.base / "never").exists()
+
+
+def test_no_server_banner(stack: Stack) -> None:
+    for url in (stack.client_url + "/login", stack.office_url + "/login"):
+        r = requests.get(url, verify=stack.cert, timeout=10)
+        assert r.headers.get("Server") == "kinko"
+        assert "X-Powered-By" not in r.headers
