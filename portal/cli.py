@@ -9,15 +9,15 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
-import pyotp
 from sqlalchemy import select
 
+from . import accounts
 from .audit import Actor, Tag, record, verify
-from .auth.passwords import hash_password, initial_password, policy_problems
 from .models import ClientUser, Company, Purpose, Staff, Status, Upload
 from .services import Services, build_services
 from .settings import Settings
@@ -115,19 +115,65 @@ def company() -> None:
 @click.option("--name", required=True)
 @click.option("--auto-pull/--no-auto-pull", default=False,
               help="Pull clean uploads into the vault automatically.")
-def company_add(code: str, name: str, auto_pull: bool) -> None:
+@click.option("--require-2fa/--no-require-2fa", default=False,
+              help="Every user of this company must use two-step verification.")
+def company_add(code: str, name: str, auto_pull: bool, require_2fa: bool) -> None:
     svc = _office()
-    if not code.isascii() or not code.replace("-", "").replace("_", "").isalnum():
-        raise CliError("company code must be ASCII letters, digits, - or _")
-    with svc.sessions() as db, db.begin():
-        if db.execute(select(Company).where(Company.code == code)).scalar_one_or_none():
-            raise CliError(f"company {code} already exists")
-        c = Company(code=code, name=name, auto_pull=auto_pull)
-        db.add(c)
-        db.flush()
-        record(db, svc.audit_key, Tag.COMPANY_CREATED, _cli_actor(), company_id=c.id,
-               details={"code": code})
+    with svc.sessions() as db, db.begin(), _account_errors(company=code):
+        accounts.create_company(db, svc.audit_key, _cli_actor(), code, name,
+                                auto_pull=auto_pull, require_2fa=require_2fa)
     click.echo(f"company {code} created")
+
+
+@company.command("set")
+@click.argument("code")
+@click.option("--name")
+@click.option("--auto-pull/--no-auto-pull", default=None,
+              help="Pull clean uploads into the vault automatically.")
+@click.option("--require-2fa/--no-require-2fa", default=None,
+              help="Every user of this company must use two-step verification.")
+def company_set(code: str, name: str | None, auto_pull: bool | None,
+                require_2fa: bool | None) -> None:
+    svc = _office()
+    with svc.sessions() as db, db.begin(), _account_errors(company=code):
+        c = accounts.company_by_code(db, code)
+        changed = accounts.update_company(db, svc.audit_key, _cli_actor(), c, name=name,
+                                          auto_pull=auto_pull, require_2fa=require_2fa)
+    click.echo(f"company {code} updated: {', '.join(changed)}" if changed
+               else f"company {code} unchanged")
+
+
+_ACCOUNT_MESSAGES = {
+    "bad_code": "company code must be ASCII letters, digits, - or _ (at most 32)",
+    "bad_login": "login must be ASCII letters, digits, . _ @ or - (at most 64)",
+    "bad_name": "name must be 1 to 200 characters",
+    "bad_email": "not an e-mail address",
+    "bad_role": "role must be manager or handler",
+    "bad_company": "unknown company code",
+    "bad_totp_secret": "--totp-secret must be base32",
+    "bad_policy": "invalid password policy",
+    "self": "you cannot do this to your own account",
+}
+
+
+@contextlib.contextmanager
+def _account_errors(company: str = "", login: str = "", kind: str = "") -> Iterator[None]:
+    """AccountError → one line on stderr, in the contract's words."""
+    try:
+        yield
+    except accounts.AccountError as exc:
+        if exc.code == "policy":
+            msg = "password policy: " + ", ".join(exc.problems)
+        elif exc.code == "duplicate":
+            msg = (f"staff {login} already exists" if kind == "staff" else
+                   f"user {login} already exists in {company}" if login else
+                   f"company {company} already exists")
+        elif exc.code == "not_found":
+            msg = (f"no staff {login}" if kind == "staff" else
+                   f"no user {login} in {company}" if login else f"no company {company}")
+        else:
+            msg = _ACCOUNT_MESSAGES.get(exc.code, exc.code)
+        raise CliError(msg) from exc
 
 
 def _company(db: Any, code: str) -> Company:
@@ -135,15 +181,6 @@ def _company(db: Any, code: str) -> Company:
     if c is None:
         raise CliError(f"no company {code}")
     return c
-
-
-def _check_password(password: str | None) -> tuple[str, bool]:
-    if password is None:
-        return initial_password(), True
-    problems = policy_problems(password)
-    if problems:
-        raise CliError("password policy: " + ", ".join(problems))
-    return password, False
 
 
 @main.group()
@@ -161,22 +198,86 @@ def user() -> None:
 def user_add(code: str, login: str, password: str | None, totp_secret: str | None,
              display_name: str, email: str | None) -> None:
     svc = _office()
-    pw, generated = _check_password(password)
     with svc.sessions() as db, db.begin():
         c = _company(db, code)
-        if db.execute(select(ClientUser).where(ClientUser.company_id == c.id,
-                                               ClientUser.login == login)).scalar_one_or_none():
-            raise CliError(f"user {login} already exists in {code}")
-        u = ClientUser(company_id=c.id, login=login, display_name=display_name, email=email,
-                       password_hash=hash_password(pw), totp_secret=totp_secret,
-                       must_change_password=generated)
-        db.add(u)
-        db.flush()
-        record(db, svc.audit_key, Tag.CLIENT_USER_CREATED, _cli_actor(), company_id=c.id,
-               details={"user_id": u.id})
+        with _account_errors(company=code, login=login):
+            _u, pw = accounts.create_client_user(db, svc.audit_key, _cli_actor(), c.id, login,
+                                                 display_name, email, password,
+                                                 totp_secret=totp_secret)
     click.echo(f"user {login} created in {code}")
-    if generated:
+    if pw is not None:
         click.echo(f"initial password: {pw}")
+
+
+@user.command("disable", help="Disable a client user and end their sessions.")
+@click.argument("code")
+@click.argument("login")
+def user_disable(code: str, login: str) -> None:
+    _account_action("client", code, login, "disable")
+
+
+@user.command("enable", help="Enable a client user again.")
+@click.argument("code")
+@click.argument("login")
+def user_enable(code: str, login: str) -> None:
+    _account_action("client", code, login, "enable")
+
+
+@user.command("unlock", help="Clear a client user's lockout and failure count.")
+@click.argument("code")
+@click.argument("login")
+def user_unlock(code: str, login: str) -> None:
+    _account_action("client", code, login, "unlock")
+
+
+@user.command("reset-password", help="Print a new initial password for a client user.")
+@click.argument("code")
+@click.argument("login")
+def user_reset_password(code: str, login: str) -> None:
+    _account_action("client", code, login, "reset-password")
+
+
+@user.command("reset-2fa", help="Remove a client user's two-step verification.")
+@click.argument("code")
+@click.argument("login")
+def user_reset_2fa(code: str, login: str) -> None:
+    _account_action("client", code, login, "reset-2fa")
+
+
+def _account_action(kind: accounts.Kind, code: str, login: str, action: str) -> None:
+    """disable | enable | unlock | reset-password | reset-2fa, for one account."""
+    svc = _office()
+    outbox: list[accounts.Notice] = []
+    with svc.sessions() as db, db.begin():
+        company = _company(db, code) if kind == "client" else None
+        with _account_errors(company=code, login=login, kind=kind):
+            output = _run_action(db, svc, kind, company, login, action, outbox)
+    # Only once committed: a printed password must be one that works.
+    click.echo(output)
+    accounts.send_notices(svc.settings, outbox)
+
+
+def _run_action(db: Any, svc: Services, kind: accounts.Kind, company: Company | None,
+                login: str, action: str, outbox: list[accounts.Notice]) -> str:
+    """Apply one action inside the caller's transaction; returns what to print."""
+    account: Any
+    if company is not None:
+        account = accounts.client_user(db, company, login)
+    else:
+        account = accounts.staff_by_login(db, login)
+    who = f"staff {login}" if kind == "staff" else f"user {login} in {company and company.code}"
+    args = (db, svc.audit_key, _cli_actor(), kind, account)
+    if action in ("disable", "enable"):
+        changed = accounts.set_active(*args, action == "enable")
+        return f"{who} {action}d" + ("" if changed else " (no change)")
+    if action == "unlock":
+        accounts.unlock(*args)
+        return f"{who} unlocked"
+    if action == "reset-password":
+        password = accounts.reset_password(*args, outbox=outbox)
+        return f"{who}: password reset\ninitial password: {password}"
+    accounts.reset_totp(*args, outbox=outbox)
+    return f"{who}: two-step verification reset"
 
 
 @main.group()
@@ -195,31 +296,49 @@ def staff() -> None:
 def staff_add(login: str, role: str, password: str | None, totp_secret: str | None,
               companies: str, email: str | None, display_name: str) -> None:
     svc = _office()
-    pw, generated = _check_password(password)
     # Without --totp-secret the person enrols their own authenticator at the
     # first sign-in (the secret is then never seen by anyone else).
-    secret = totp_secret
-    if secret is not None:
-        try:
-            pyotp.TOTP(secret).now()
-        except Exception as exc:  # noqa: BLE001 - any decoding problem is a bad secret
-            raise CliError("--totp-secret must be base32") from exc
     with svc.sessions() as db, db.begin():
-        if db.execute(select(Staff).where(Staff.login == login)).scalar_one_or_none():
-            raise CliError(f"staff {login} already exists")
-        s = Staff(login=login, role=role, password_hash=hash_password(pw), totp_secret=secret,
-                  email=email, display_name=display_name or login,
-                  must_change_password=generated)
-        s.companies = [_company(db, c.strip()) for c in companies.split(",") if c.strip()]
-        db.add(s)
-        db.flush()
-        record(db, svc.audit_key, Tag.STAFF_CREATED, _cli_actor(),
-               details={"staff_id": s.id, "role": role})
+        ids = [_company(db, c.strip()).id for c in companies.split(",") if c.strip()]
+        with _account_errors(login=login, kind="staff"):
+            _s, pw = accounts.create_staff(db, svc.audit_key, _cli_actor(), login, role,
+                                           display_name, email, ids, password,
+                                           totp_secret=totp_secret)
     click.echo(f"staff {login} created ({role})")
-    if generated:
+    if pw is not None:
         click.echo(f"initial password: {pw}")
     if not totp_secret:
         click.echo("two-step verification: set up at the first sign-in")
+
+
+@staff.command("disable", help="Disable a staff account and end its sessions.")
+@click.argument("login")
+def staff_disable(login: str) -> None:
+    _account_action("staff", "", login, "disable")
+
+
+@staff.command("enable", help="Enable a staff account again.")
+@click.argument("login")
+def staff_enable(login: str) -> None:
+    _account_action("staff", "", login, "enable")
+
+
+@staff.command("unlock", help="Clear a staff account's lockout and failure count.")
+@click.argument("login")
+def staff_unlock(login: str) -> None:
+    _account_action("staff", "", login, "unlock")
+
+
+@staff.command("reset-password", help="Print a new initial password for a staff account.")
+@click.argument("login")
+def staff_reset_password(login: str) -> None:
+    _account_action("staff", "", login, "reset-password")
+
+
+@staff.command("reset-2fa", help="Remove a staff account's TOTP: they enrol again.")
+@click.argument("login")
+def staff_reset_2fa(login: str) -> None:
+    _account_action("staff", "", login, "reset-2fa")
 
 
 @main.group()

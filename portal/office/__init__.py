@@ -11,7 +11,7 @@ from ..jobs import Jobs, make_huey
 from ..services import build_services
 from ..settings import Settings
 from ..web.base import create_base_app
-from . import auth, views
+from . import admin, auth, views
 
 PUBLIC = {"login", "totp", "totp_enrol"}
 
@@ -27,4 +27,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     # No sink factory: the office app accepts no file uploads at all.
     auth.init(app, login)
     views.init(app)
+    admin.init(app)
     return app
