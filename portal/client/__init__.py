@@ -17,7 +17,7 @@ from ..models import ClientUser
 from ..services import build_services
 from ..settings import Settings
 from ..web.base import SINKS, create_base_app
-from . import api, auth, views
+from . import account, api, auth, views
 
 PUBLIC = {"login", "totp", "totp_enrol"}
 
@@ -55,5 +55,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         return redirect(url_for("index")), 303
     auth.init(app, login)
     views.init(app)
+    account.init(app)
     api.init(app, csrf)
     return app

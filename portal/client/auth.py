@@ -21,6 +21,10 @@ def init(app: Flask, login: LoginManager) -> None:
 
     @login.request_loader
     def from_header(req: Any) -> Any:
+        # A bearer token is an API credential only: it never opens the pages
+        # (which would hand it a CSRF token and the browser forms).
+        if not req.path.startswith("/api/"):
+            return None
         return principal_from_bearer(services(), req.headers.get("Authorization", ""))
 
     @app.route("/login", methods=["GET", "POST"], endpoint="login")

@@ -7,12 +7,14 @@ import hmac
 import secrets
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from ..auth.principal import Principal
 from ..models import ApiToken, ClientUser, utcnow
 from ..services import Services
 
 PREFIX = "knk_"
+LABEL_MAX = 100  # the column's length
 
 
 def new_token() -> tuple[str, str]:
@@ -36,8 +38,47 @@ def principal_from_bearer(services: Services, header: str) -> Principal | None:
                 row.token_hash, digest):
             return None
         user = db.get(ClientUser, row.user_id)
-        if user is None or not user.active:
+        # A locked account is refused here too, as the session loader refuses it.
+        if user is None or not user.active or user.locked_at is not None:
             return None
         row.last_used_at = utcnow()
+        # An account whose initial password was never changed is not yet in
+        # its owner's hands: its tokens answer 403 password_change_required.
         return Principal("client", user.id, user.login, user.display_name, user.session_epoch,
-                         company_id=user.company_id)
+                         company_id=user.company_id, must_change=user.must_change_password)
+
+
+def create(db: Session, user_id: int, label: str) -> tuple[ApiToken, str]:
+    """A new token row for ``user_id`` (flushed, so it has an id) and the
+    token itself, to be shown once and never stored."""
+    token, digest = new_token()
+    row = ApiToken(user_id=user_id, token_hash=digest, label=label[:LABEL_MAX])
+    db.add(row)
+    db.flush()
+    return row, token
+
+
+def of_user(db: Session, user_id: int) -> list[ApiToken]:
+    """The user's tokens, active first, newest first."""
+    return list(db.execute(
+        select(ApiToken).where(ApiToken.user_id == user_id)
+        .order_by(ApiToken.revoked_at.is_not(None), ApiToken.created_at.desc(),
+                  ApiToken.id.desc())).scalars())
+
+
+def owned(db: Session, user_id: int, token_id: int) -> ApiToken | None:
+    """The token ``token_id`` if it belongs to ``user_id``; else None (the
+    caller answers 404 whether it exists for someone else or not at all)."""
+    if not 0 < token_id < 2 ** 63:
+        return None
+    row = db.get(ApiToken, token_id)
+    return row if row is not None and row.user_id == user_id else None
+
+
+def revoke(row: ApiToken) -> bool:
+    """Revoke now; False if it already was.  The bearer check reads
+    ``revoked_at`` on every request, so the token stops working at once."""
+    if row.revoked_at is not None:
+        return False
+    row.revoked_at = utcnow()
+    return True

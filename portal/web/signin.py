@@ -116,12 +116,22 @@ def install(app: Flask, login: LoginManager, kind: str) -> None:
                 return redirect(url_for("login"))
             secret = enrol_secret(kind, account.id)
             if request.method == "GET":
-                return render_enrol(kind, account, secret)
+                return render_enrol(kind, account, secret, signed_in=signed_in)
+            if signed_in and not verify_password(
+                    account.password_hash, request.form.get("current_password", "")[:1024]):
+                # A stolen session must not be enough to take over the second
+                # factor: replacing it needs the password too.
+                record(db, svc.audit_key, Tag.TOTP_FAILED, actor_of(kind, account),
+                       company_id=company_of(kind, account), remote_addr=remote_addr(),
+                       details={"step": "enrol", "why": "password"})
+                throttle.record_failure(db, account, remote_addr())
+                flash(_("The current password is incorrect."), "error")
+                return render_enrol(kind, account, secret, signed_in=True), 400
             step = totp.matching_step(secret, request.form.get("code", ""))
             if step is None:
                 flash(_("The code is incorrect. Check the time on your phone and try the "
                         "current code."), "error")
-                return render_enrol(kind, account, secret), 400
+                return render_enrol(kind, account, secret, signed_in=signed_in), 400
             account.totp_secret, account.totp_last_step = secret, step
             codes = recovery.regenerate(db, kind, account.id)
             record(db, svc.audit_key, Tag.TOTP_ENROLLED, actor_of(kind, account),
@@ -221,11 +231,12 @@ def enrol_secret(kind: str, account_id: int) -> str:
     return base64.b32encode(mac.digest()[:20]).decode()
 
 
-def render_enrol(kind: str, account: Any, secret: str) -> Any:
+def render_enrol(kind: str, account: Any, secret: str, *, signed_in: bool = False) -> Any:
     uri = pyotp.TOTP(secret).provisioning_uri(name=account.login, issuer_name=ISSUER)
     qr = segno.make(uri, error="m").svg_data_uri(scale=5, border=2)
     spaced = " ".join(secret[i:i + 4] for i in range(0, len(secret), 4))
-    return render_template("auth/totp_enrol.html", qr=qr, secret=spaced, uri=uri)
+    return render_template("auth/totp_enrol.html", qr=qr, secret=spaced, uri=uri,
+                           signed_in=signed_in)
 
 
 def pending_account(db: Session, kind: str, step: str) -> Any | None:

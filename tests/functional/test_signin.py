@@ -307,3 +307,31 @@ def test_no_server_banner(stack: Stack) -> None:
         r = requests.get(url, verify=stack.cert, timeout=10)
         assert r.headers.get("Server") == "kinko"
         assert "X-Powered-By" not in r.headers
+
+
+def test_a_bearer_token_opens_the_api_only(stack: Stack, acme_token: str) -> None:
+    h = {"Authorization": f"Bearer {acme_token}"}
+    assert requests.get(stack.client_url + "/api/v1/uploads", headers=h, verify=stack.cert,
+                        timeout=10).status_code == 200
+    for path in ("/", "/account", "/password"):
+        r = requests.get(stack.client_url + path, headers=h, verify=stack.cert,
+                         allow_redirects=False, timeout=10)
+        assert r.status_code == 302 and r.headers["Location"].startswith("/login"), path
+
+
+def test_replacing_the_second_factor_needs_the_password(stack: Stack) -> None:
+    login, pw = new_client(stack)
+    s = browser(stack, stack.client_url)
+    post_login(stack, s, company="acme", login=login, password=pw)
+    page = s.get(stack.client_url + "/totp/enrol")
+    secret = re.search(r'<code class="secret">([A-Z2-7 ]+)</code>', page.text).group(1)
+    code = pyotp.TOTP(secret.replace(" ", "")).now()
+    r = s.post(stack.client_url + "/totp/enrol", data={
+        "code": code, "current_password": "not-" + pw, "csrf_token": csrf_from(page.text)})
+    assert r.status_code == 400
+    with db(stack) as c:
+        assert c.execute("SELECT totp_secret FROM client_users WHERE login = ?",
+                         (login,)).fetchone()[0] is None
+    r = s.post(stack.client_url + "/totp/enrol", data={
+        "code": code, "current_password": pw, "csrf_token": csrf_from(page.text)})
+    assert r.status_code == 200 and "code" in r.text
