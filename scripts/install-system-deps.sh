@@ -5,6 +5,11 @@ set -euo pipefail
 
 need=()
 command -v clamd >/dev/null 2>&1 || [ -x /usr/sbin/clamd ] || need+=(clamav-daemon clamav)
+# Browser tests (tests/browser): Debian's Chromium, driven by Playwright, and
+# CJK fonts so that Japanese pages render in the screenshots.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ "$(dpkg-query -W -f='${Status}' fonts-noto-cjk 2>/dev/null || true)" = "install ok installed" ] \
+  || need+=(fonts-noto-cjk)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
