@@ -30,10 +30,12 @@ from .errors import (
     KeyMaterialError,
     ObjectNotFoundError,
     StorageError,
+    StoragePermissionError,
 )
 from .keys import KeyUnwrapper, KeyWrapper, SymmetricKey, VaultPrivateKey, VaultPublicKey
 from .local import LocalStorage
 from .memory import MemoryStorage
+from .s3 import S3Storage, make_client
 
 __all__ = [
     "SEGMENT_SIZE",
@@ -51,11 +53,14 @@ __all__ = [
     "ObjectInfo",
     "ObjectNotFoundError",
     "ObjectWriter",
+    "S3Storage",
     "Storage",
     "StorageError",
+    "StoragePermissionError",
     "SymmetricKey",
     "VaultPrivateKey",
     "VaultPublicKey",
+    "make_client",
     "open_envelope",
     "peek_header",
     "put_bytes",

@@ -18,6 +18,7 @@ __all__ = [
     "KeyMaterialError",
     "ObjectNotFoundError",
     "StorageError",
+    "StoragePermissionError",
 ]
 
 
@@ -27,6 +28,15 @@ class StorageError(Exception):
 
 class ObjectNotFoundError(StorageError, FileNotFoundError):
     """The requested object does not exist (or is not a committed object)."""
+
+
+class StoragePermissionError(StorageError, PermissionError):
+    """The backend refused the operation for lack of permission (S3 ``AccessDenied``/403).
+
+    Expected by design in one place: the client-facing role may write to the vault bucket
+    but never read it.  Anywhere else it signals a deployment error (wrong credentials or
+    policy), never a missing object.
+    """
 
 
 class InvalidKeyError(StorageError, ValueError):
