@@ -21,7 +21,7 @@ catalog: $(STAMP)
 	$(BIN)/pybabel compile -d portal/translations -D messages
 
 extract: $(STAMP)
-	$(BIN)/pybabel extract -F babel.cfg -k _l -o portal/translations/messages.pot .
+	$(BIN)/pybabel extract -F babel.cfg -k _l -k N_ -o portal/translations/messages.pot .
 	$(BIN)/pybabel update -i portal/translations/messages.pot -d portal/translations -D messages
 
 run: system-deps $(STAMP) catalog
@@ -43,6 +43,12 @@ unit: $(STAMP) catalog
 
 functional: system-deps $(STAMP) catalog
 	$(BIN)/pytest tests/functional
+
+# Benchmarks (docs/performance.md): ratios against references measured in the same run.
+# Scale knobs: KINKO_BENCH_SIZE_MB, KINKO_BENCH_BIG_MB (1024 = the full run), ...
+bench: system-deps $(STAMP) catalog
+	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/python -m bench.run_all
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

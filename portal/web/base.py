@@ -94,6 +94,7 @@ def create_base_app(name: str, settings: Settings, services: Services, *, kind: 
         BABEL_TRANSLATION_DIRECTORIES=str(ROOT / "portal" / "translations"),
     )
     app.extensions["kinko.services"] = services
+    app.config["KINKO_APP_KIND"] = kind
     public_endpoints = set(public) | {"static", "set_language"}
     # Reachable while a password change is forced: nothing else is.
     change_endpoints = {"change_password", "logout", "static", "set_language"}
@@ -203,6 +204,7 @@ def _install_helpers(app: Flask) -> None:
     @app.context_processor
     def inject() -> dict[str, Any]:
         return {"status_label": lambda s: str(STATUS_LABELS.get(s, s)),
+                "app_kind": app.config.get("KINKO_APP_KIND"),
                 "reason_text": reason_text, "current_lang": str(get_locale()),
                 "password_issue": password_issue,
                 "REASONS": REASONS}

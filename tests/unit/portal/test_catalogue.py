@@ -10,7 +10,7 @@ from babel.messages.pofile import read_po
 ROOT = Path(__file__).resolve().parents[3]
 METHODS = [("portal/**.py", "python"), ("templates/**.html", "jinja2")]
 KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "_l": None,
-            "lazy_gettext": None}
+            "lazy_gettext": None, "N_": None}
 
 
 def test_every_ui_string_has_a_japanese_translation() -> None:

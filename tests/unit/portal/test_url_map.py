@@ -87,7 +87,10 @@ def _requests(app: Flask) -> Iterator[tuple[str, str, str]]:
     """(endpoint, method, path) for every rule and method, URL arguments filled in."""
     with app.test_request_context(base_url=BASE):
         for rule in app.url_map.iter_rules():
-            path = url_for(rule.endpoint, **{arg: "dummy" for arg in rule.arguments})
+            # Integer converters need a number; everything else gets a word.
+            args = {arg: (1 if type(rule._converters[arg]).__name__ == "IntegerConverter"
+                          else "dummy") for arg in rule.arguments}
+            path = url_for(rule.endpoint, **args)
             for method in sorted(rule.methods or ()):
                 if method in ("HEAD", "OPTIONS"):
                     continue
