@@ -7,7 +7,6 @@ from urllib.parse import unquote, urlparse
 from storage.base import Storage
 from storage.errors import StorageError
 from storage.local import LocalStorage
-from storage.s3 import S3Storage, make_client
 
 from .settings import SettingsError
 
@@ -29,6 +28,8 @@ def open_storage(url: str, profile: str | None = None) -> Storage:
             raise SettingsError("an AWS profile was given for a file:// storage URL")
         return LocalStorage(unquote(parsed.path))
     if parsed.scheme == "s3":
+        from storage.s3 import S3Storage, make_client  # boto3 only where S3 is used
+
         bucket = parsed.netloc
         if not bucket or parsed.query or parsed.fragment or parsed.params or "@" in bucket:
             raise SettingsError("storage URL must look like s3://bucket/prefix")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -57,6 +57,13 @@ class Services:
         return self.scanner_factory()
 
 
+class _NoVault:
+    """Stands in for the vault in the client app: any use is a bug."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise PermissionError("the client app has no access to the vault")
+
+
 def clamd_address(settings: Settings) -> str | None:
     """KINKO_CLAMD, or the address `kinko serve` recorded for its own clamd."""
     if settings.clamd:
@@ -78,8 +85,11 @@ def build_services(settings: Settings, role: Role, enqueue: Enqueuer | None = No
         settings=settings,
         role=role,
         sessions=make_sessionmaker(engine),
-        dropzone=open_storage(settings.dropzone_url),
-        vault=open_storage(settings.vault_url),
+        dropzone=open_storage(settings.dropzone_url, profile=settings.dropzone_aws_profile),
+        # The client-facing process never even builds a vault client (so it
+        # needs no vault credentials at all): only the worker and the office.
+        vault=(open_storage(settings.vault_url, profile=settings.vault_aws_profile)
+               if role != "client" else cast(Storage, _NoVault())),
         dropzone_key=keys.load_dropzone_key(settings),
         vault_public=keys.load_vault_public(settings),
         vault_private=keys.load_vault_private(settings) if role == "office" else None,

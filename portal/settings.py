@@ -81,6 +81,8 @@ class Settings:
     staff_idle_minutes: int = 15
     session_absolute_hours: int = 12
     office_allowed_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    dropzone_aws_profile: str | None = None
+    vault_aws_profile: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -113,6 +115,8 @@ class Settings:
             client_idle_minutes=_int(env, "KINKO_CLIENT_IDLE_MINUTES", 30),
             staff_idle_minutes=_int(env, "KINKO_STAFF_IDLE_MINUTES", 15),
             session_absolute_hours=_int(env, "KINKO_SESSION_ABSOLUTE_HOURS", 12),
+            dropzone_aws_profile=env.get("KINKO_DROPZONE_AWS_PROFILE") or None,
+            vault_aws_profile=env.get("KINKO_VAULT_AWS_PROFILE") or None,
             office_allowed_networks=_networks(
                 env.get("KINKO_OFFICE_ALLOWED_NETWORKS") or "127.0.0.0/8,::1/128"),
         )

@@ -4,6 +4,8 @@ Framework-free by design: nothing here imports Flask or ``portal`` or reads the
 environment; every setting arrives as a plain argument.
 """
 
+from typing import Any
+
 from .base import (
     ObjectInfo,
     ObjectWriter,
@@ -35,7 +37,15 @@ from .errors import (
 from .keys import KeyUnwrapper, KeyWrapper, SymmetricKey, VaultPrivateKey, VaultPublicKey
 from .local import LocalStorage
 from .memory import MemoryStorage
-from .s3 import S3Storage, make_client
+
+
+def __getattr__(name: str) -> Any:
+    # boto3 costs ~10 MB per process: load it only where S3 is used.
+    if name in ("S3Storage", "make_client"):
+        from . import s3
+        return getattr(s3, name)
+    raise AttributeError(name)
+
 
 __all__ = [
     "SEGMENT_SIZE",

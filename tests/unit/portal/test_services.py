@@ -1,0 +1,35 @@
+"""What each role's process may touch."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from portal.instance import init_instance
+from portal.services import build_services
+from portal.settings import Settings
+
+
+def test_the_client_role_has_no_vault_at_all(tmp_path: Path) -> None:
+    settings = Settings.from_env({"KINKO_HOME": str(tmp_path)})
+    init_instance(settings)
+    client = build_services(settings, "client")
+    assert client.vault_private is None
+    with pytest.raises(PermissionError):
+        client.vault.open("vault/x")
+    with pytest.raises(PermissionError):
+        client.vault.writer("vault/x")
+    worker = build_services(settings, "worker")
+    assert worker.vault_private is None and not worker.vault.exists("vault/x")
+    assert build_services(settings, "office").vault_private is not None
+
+
+def test_local_backends_do_not_load_boto3() -> None:
+    # Memory of the web process is measured (bench/memory.py); boto3 is ~10 MB.
+    import portal.client  # noqa: F401
+    import storage  # noqa: F401
+    assert "storage.s3" not in sys.modules or "boto3" in sys.modules  # loaded only on demand
+    from storage import S3Storage  # the lazy export still works
+    assert S3Storage.__name__ == "S3Storage"
