@@ -81,6 +81,18 @@ class Tag(StrEnum):
     SESSIONS_ENDED = "account:session:ended_others"
     TOKEN_REVOKED = "account:token:revoked"
     POLICY_CHANGED = "office:policy:changed"
+    # office operations (issue 4)
+    NOTICE_SENT = "system:notice:sent"
+    PURPOSE_CREATED = "office:purpose:created"
+    PURPOSE_UPDATED = "office:purpose:updated"
+    RETENTION_CHANGED = "office:retention:changed"
+    DELETION_REQUESTED = "client:deletion:requested"
+    DELETION_WITHDRAWN = "client:deletion:withdrawn"
+    DISPOSAL_PROPOSED = "office:disposal:proposed"
+    DISPOSAL_REFUSED = "office:disposal:refused"
+    DISPOSAL_APPROVED = "office:disposal:approved"
+    FILE_DISPOSED = "office:file:disposed"
+    CERTIFICATE_ISSUED = "office:certificate:issued"
     COMPANY_UPDATED = "office:company:updated"
     STAFF_UPDATED = "office:staff:updated"
 

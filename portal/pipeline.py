@@ -29,8 +29,9 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from typing import IO, Any, BinaryIO, cast
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import CursorResult, select, update
 
@@ -42,11 +43,12 @@ from storage.errors import IntegrityError, ObjectNotFoundError, StorageError
 
 from .audit import SYSTEM, Actor, Tag, record
 from .faults import checkpoint
-from .models import PENDING_SCAN, Company, Status, Upload, UploadEvent, utcnow
+from .models import PENDING_SCAN, Company, Purpose, Status, Upload, UploadEvent, utcnow
 from .services import Services
 
 log = logging.getLogger(__name__)
 COPY_CHUNK = 1 << 20
+JST = ZoneInfo("Asia/Tokyo")
 
 
 class PipelineError(Exception):
@@ -264,6 +266,7 @@ def pull_upload(services: Services, upload_id: str, actor: Actor,
         won = cast(CursorResult[Any], db.execute(
             update(Upload).where(Upload.id == upload_id, Upload.status == Status.CLEAN)
             .values(status=Status.VAULTED, vault_key=vault_key,
+                    retention_until=retention_until(db, upload_id),
                     vault_key_id=services.vault_public.key_id,
                     vault_wrapped_key=sealed.wrapped_key,
                     vault_ciphertext_sha256=sealed.ciphertext_sha256,
@@ -280,6 +283,17 @@ def pull_upload(services: Services, upload_id: str, actor: Actor,
         services.vault.delete(vault_key)  # a concurrent pull committed first
     checkpoint("pull:committed")
     return _finish_pull(services, upload_id)
+
+
+def retention_until(db: Any, upload_id: str) -> date:
+    """Today in Japan plus the purpose's retention period (years)."""
+    years = db.execute(select(Purpose.retention_years).join(
+        Upload, Upload.purpose_code == Purpose.code).where(Upload.id == upload_id)).scalar_one()
+    today = datetime.now(JST).date()
+    try:
+        return today.replace(year=today.year + years)
+    except ValueError:  # 29 February
+        return today.replace(year=today.year + years, day=28)
 
 
 def _verify_vault_object(services: Services, key: str, data_key: bytes, sha256: str,

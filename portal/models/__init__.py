@@ -3,6 +3,7 @@
 from .accounts import ApiToken, ClientUser, Company, Staff, staff_companies
 from .audit import AuditEvent
 from .base import Base, utcnow
+from .office import DeletionRequest, DisposalRecord, NoticeState
 from .security import AddressFailure, PasswordHistory, Policy, RecoveryCode, WebSession
 from .system import SystemStatus
 from .uploads import PENDING_SCAN, Purpose, Status, Upload, UploadEvent
@@ -14,7 +15,10 @@ __all__ = [
     "AuditEvent",
     "Base",
     "ClientUser",
+    "DeletionRequest",
+    "DisposalRecord",
     "Company",
+    "NoticeState",
     "PasswordHistory",
     "Policy",
     "Purpose",

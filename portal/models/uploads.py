@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String
+from sqlalchemy import Date, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .accounts import ClientUser, Company
@@ -57,6 +57,7 @@ class Upload(Base):
     __table_args__ = (
         Index("ix_uploads_company_created", "company_id", "created_at"),
         Index("ix_uploads_status_next", "status", "next_attempt_at"),
+        Index("ix_uploads_retention", "status", "retention_until"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -84,6 +85,14 @@ class Upload(Base):
     vault_wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary)
     vault_ciphertext_sha256: Mapped[str | None] = mapped_column(String(64))
     vaulted_at: Mapped[datetime | None] = mapped_column()
+
+    # Retention (保管期限) and disposal (廃棄): a handler proposes, a different
+    # manager approves; approval destroys the object and its wrapped key.
+    retention_until: Mapped[date | None] = mapped_column(Date)
+    disposal_proposed_by_id: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
+    disposal_proposed_at: Mapped[datetime | None] = mapped_column()
+    disposal_reason: Mapped[str | None] = mapped_column(Text)
+    disposed_at: Mapped[datetime | None] = mapped_column()
 
     company: Mapped[Company] = relationship()
     uploaded_by: Mapped[ClientUser | None] = relationship()
