@@ -32,7 +32,25 @@ class Company(Base):
     users: Mapped[list[ClientUser]] = relationship(back_populates="company")
 
 
-class ClientUser(Base):
+class Credentials:
+    """What every person who signs in has, client or staff: one shape, so the
+    sign-in, lockout and session code treats both alike."""
+
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    email: Mapped[str | None] = mapped_column(String(254))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    password_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    totp_last_step: Mapped[int | None] = mapped_column(Integer)  # a code is accepted once
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    throttled_until: Mapped[datetime | None] = mapped_column()
+    locked_at: Mapped[datetime | None] = mapped_column()  # cleared by a manager
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ClientUser(Credentials, Base):
     """An HR person at a client company.  Sees only their company's room."""
 
     __tablename__ = "client_users"
@@ -41,45 +59,21 @@ class ClientUser(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     company_id: Mapped[int] = mapped_column(ForeignKey("companies.id"), index=True)
     login: Mapped[str] = mapped_column(String(64))
-    display_name: Mapped[str] = mapped_column(String(200), default="")
-    email: Mapped[str | None] = mapped_column(String(254))
-    password_hash: Mapped[str] = mapped_column(String(255))
-    password_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Initial passwords are issued by the office and changed by the company.
     must_change_password: Mapped[bool] = mapped_column(Boolean, default=True)
-    totp_secret: Mapped[str | None] = mapped_column(String(64))
-    totp_last_step: Mapped[int | None] = mapped_column(Integer)
-    active: Mapped[bool] = mapped_column(Boolean, default=True)
-    # Bumped to end every session of this user on the server side.
-    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
-    throttled_until: Mapped[datetime | None] = mapped_column()
-    locked_at: Mapped[datetime | None] = mapped_column()  # cleared by a manager
-    session_epoch: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     company: Mapped[Company] = relationship(back_populates="users")
 
 
-class Staff(Base):
+class Staff(Credentials, Base):
     """An office person: a designated handler or the manager."""
 
     __tablename__ = "staff"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     login: Mapped[str] = mapped_column(String(64), unique=True)
-    display_name: Mapped[str] = mapped_column(String(200), default="")
-    email: Mapped[str | None] = mapped_column(String(254))
     role: Mapped[str] = mapped_column(String(16))  # "manager" | "handler"
-    password_hash: Mapped[str] = mapped_column(String(255))
-    password_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
     must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
-    totp_secret: Mapped[str | None] = mapped_column(String(64))
-    totp_last_step: Mapped[int | None] = mapped_column(Integer)
-    active: Mapped[bool] = mapped_column(Boolean, default=True)
-    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
-    throttled_until: Mapped[datetime | None] = mapped_column()
-    locked_at: Mapped[datetime | None] = mapped_column()  # cleared by a manager
-    session_epoch: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     companies: Mapped[list[Company]] = relationship(secondary=staff_companies)
 
