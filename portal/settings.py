@@ -58,6 +58,13 @@ def _networks(raw: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _notice_batch(env: Mapping[str, str]) -> int:
+    minutes = _int(env, "KINKO_NOTICE_BATCH_MINUTES", 5)
+    if minutes < 0:
+        raise SettingsError("KINKO_NOTICE_BATCH_MINUTES must not be negative")
+    return minutes
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -82,7 +89,11 @@ class Settings:
     session_absolute_hours: int = 12
     office_allowed_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     dropzone_aws_profile: str | None = None
+    scanner_probe_seconds: float = 60.0
     vault_aws_profile: str | None = None
+    # Staff notices about new uploads are batched per company: one notice once
+    # the oldest un-notified upload is this old (0: at the next worker minute).
+    notice_batch_minutes: int = 5
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -116,7 +127,9 @@ class Settings:
             staff_idle_minutes=_int(env, "KINKO_STAFF_IDLE_MINUTES", 15),
             session_absolute_hours=_int(env, "KINKO_SESSION_ABSOLUTE_HOURS", 12),
             dropzone_aws_profile=env.get("KINKO_DROPZONE_AWS_PROFILE") or None,
+            scanner_probe_seconds=_float(env, "KINKO_SCANNER_PROBE_SECONDS", 60.0),
             vault_aws_profile=env.get("KINKO_VAULT_AWS_PROFILE") or None,
+            notice_batch_minutes=_notice_batch(env),
             office_allowed_networks=_networks(
                 env.get("KINKO_OFFICE_ALLOWED_NETWORKS") or "127.0.0.0/8,::1/128"),
         )

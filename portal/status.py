@@ -22,7 +22,6 @@ from .services import Services
 log = logging.getLogger(__name__)
 KEY = "scanner"
 STALE_SIGNATURE_DAYS = 3
-PROBE_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ def start_scanner_monitor(services: Services) -> threading.Thread:
                 probe(services)
             except Exception:  # noqa: BLE001 - the monitor must never die
                 log.exception("scanner probe failed")
-            stop.wait(PROBE_INTERVAL_S)
+            stop.wait(services.settings.scanner_probe_seconds)
 
     thread = threading.Thread(target=loop, name="scanner-monitor", daemon=True)
     thread.start()

@@ -229,6 +229,7 @@ def build_stack(tmp_factory: Callable[[str], Path]) -> Stack:
         "KINKO_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
         "KINKO_SCAN_RETRY_BASE": "0.5", "KINKO_SCAN_RETRY_MAX": "2",
         "KINKO_SCAN_TIMEOUT": "20",
+        "KINKO_SCANNER_PROBE_SECONDS": "1",
     })
     stack = Stack(base=base, home=home, env=env,
                   client_url=f"https://localhost:{env['KINKO_CLIENT_PORT']}",

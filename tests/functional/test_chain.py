@@ -170,6 +170,11 @@ def test_clamd_down_keeps_uploads_scanning_until_it_returns(
         assert seen <= {"received", "scanning"}, seen
         assert "scanning" in seen
         assert "system:scan:deferred" in audit_actions(stack, up["id"])
+        office = stack.office("boss")  # the office is told, loudly
+        deadline = time.monotonic() + 20
+        while "応答していません" not in office.get(stack.office_url + "/").text:
+            assert time.monotonic() < deadline, "no 'scanner not answering' banner"
+            time.sleep(0.5)
     finally:
         stack.restart_clamd()
     body = stack.wait_for(acme_token, up["id"], {"clean", "infected", "refused"}, timeout=60)
