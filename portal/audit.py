@@ -24,9 +24,9 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from .models import AuditEvent, utcnow
+from .pii import looks_like_mynumber
 
 GENESIS = "0" * 64
-_TWELVE_DIGITS = re.compile(r"(?<!\d)\d{4}[- ]?\d{4}[- ]?\d{4}(?!\d)")
 
 
 class AuditError(Exception):
@@ -147,7 +147,7 @@ def _check_clean(details: Mapping[str, Any]) -> str:
         # chance; they are never user data.  Anything else is checked.
         if isinstance(value, str) and _HEX_ID.fullmatch(value):
             continue
-        if _TWELVE_DIGITS.search(str(value)):
+        if looks_like_mynumber(str(value)):
             # Fail loudly rather than write a number to the log.
             raise AuditError("audit details must not contain 12-digit numbers")
     return json.dumps(dict(details), ensure_ascii=False, sort_keys=True, default=str)

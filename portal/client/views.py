@@ -14,6 +14,7 @@ from ..messages import reason_text
 from ..models import ClientUser, Purpose, Upload
 from ..services import Services
 from ..web.base import remote_addr, services
+from . import deletion
 
 
 def get_room_upload(svc: Services, upload_id: str) -> Upload:
@@ -81,5 +82,12 @@ def init(app: Flask) -> None:
 
     @app.route("/uploads/<upload_id>")
     def upload_detail(upload_id: str) -> Any:
-        upload = get_room_upload(services(), upload_id)
-        return render_template("client/upload.html", upload=upload)
+        svc = services()
+        upload = get_room_upload(svc, upload_id)
+        with svc.sessions() as db:
+            request_state = deletion.latest_request(db, upload.id)
+        return render_template("client/upload.html", upload=upload,
+                               deletion_request=request_state,
+                               reason_max=deletion.REASON_MAX)
+
+    deletion.init(app)
