@@ -18,6 +18,7 @@ from sqlalchemy import or_, select
 
 from storage.errors import ObjectNotFoundError
 
+from .disposal import finish_pending
 from .models import PENDING_SCAN, Status, Upload, utcnow
 from .pipeline import _drop_dropzone_copy, scan_upload
 from .services import Services
@@ -50,6 +51,9 @@ def _age(services_storage: object, key: str) -> float:
 def reconcile(services: Services, *, scan_inline: bool = False,
               orphan_age: float = ORPHAN_AGE_S) -> Report:
     report = Report()
+    # A disposal interrupted after its commit (key destroyed, object still
+    # there) is finished first, so the loop below sees no stale owner.
+    finish_pending(services)
     now = utcnow()
     with services.sessions() as db:
         due = db.execute(

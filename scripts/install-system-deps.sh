@@ -10,6 +10,10 @@ command -v clamd >/dev/null 2>&1 || [ -x /usr/sbin/clamd ] || need+=(clamav-daem
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ "$(dpkg-query -W -f='${Status}' fonts-noto-cjk 2>/dev/null || true)" = "install ok installed" ] \
   || need+=(fonts-noto-cjk)
+# The disposal certificate (portal/certificate.py) embeds IPAexGothic, a
+# TrueType Japanese font (Noto CJK is CFF-based, which reportlab cannot embed).
+[ "$(dpkg-query -W -f='${Status}' fonts-ipaexfont-gothic 2>/dev/null || true)" = "install ok installed" ] \
+  || need+=(fonts-ipaexfont-gothic)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
