@@ -15,6 +15,7 @@ from huey import Huey, RedisHuey, SqliteHuey, crontab
 
 from .audit import SYSTEM, Actor
 from .models import Staff
+from .notices import run_notices
 from .pipeline import PipelineError, pull_upload, scan_upload
 from .reconcile import reconcile
 from .services import Services
@@ -46,6 +47,7 @@ class Jobs:
         self._scan = huey.task(name="kinko.scan")(self._run_scan)
         self._pull = huey.task(name="kinko.pull")(self._run_pull)
         huey.periodic_task(crontab(minute="*"), name="kinko.reconcile")(self._run_reconcile)
+        huey.periodic_task(crontab(minute="*"), name="kinko.notices")(self._run_notices)
 
     # Enqueuer protocol
     def scan(self, upload_id: str, delay: float = 0) -> None:
@@ -82,3 +84,6 @@ class Jobs:
 
     def _run_reconcile(self) -> None:
         reconcile(self._svc())
+
+    def _run_notices(self) -> None:
+        run_notices(self._svc())
