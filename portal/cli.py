@@ -452,6 +452,116 @@ def vault_get(upload_id: str, staff_login: str, purpose: str, output: Path) -> N
     click.echo(f"{upload_id} written to {output}")
 
 
+# -- disposal ----------------------------------------------------------------
+# The CLI is the office's local admin tool (it runs where KINKO_HOME and the
+# vault private key are): it cannot ask for a TOTP code, so `approve` relies
+# on access to this machine; the web console requires a fresh code.
+
+_DISPOSAL_MESSAGES = {
+    "not_found": "no such upload for this staff member",
+    "not_vaulted": "the file is not in the vault",
+    "already_proposed": "disposal was already proposed",
+    "no_reason": "--reason is required",
+    "reason_too_long": "--reason is too long (at most 1000 characters)",
+    "reason_has_number": "--reason must not contain a personal number",
+    "not_proposed": "disposal was not proposed yet",
+    "same_person": "the proposer cannot approve: another manager must approve",
+    "not_manager": "only a manager can approve disposal",
+    "not_allowed": "only the proposer or a manager can withdraw",
+}
+
+
+@main.group()
+def disposal() -> None:
+    """Dispose of vaulted files: propose, approve (another manager), certificate.
+
+    The CLI is the office's local admin tool and cannot ask for a TOTP code;
+    the office console requires one to approve.
+    """
+
+
+def _disposal_error(upload_id: str, exc: Any) -> CliError:
+    return CliError(f"{upload_id}: {_DISPOSAL_MESSAGES.get(exc.code, exc.code)} ({exc.code})")
+
+
+@disposal.command("propose")
+@click.argument("upload_id")
+@click.option("--staff", "staff_login", required=True)
+@click.option("--reason", required=True)
+def disposal_propose(upload_id: str, staff_login: str, reason: str) -> None:
+    from . import disposal as service
+    svc = _office()
+    try:
+        with svc.sessions() as db, db.begin():
+            s = _staff(db, staff_login)
+            u = db.get(Upload, upload_id)
+            if u is None:
+                raise service.DisposalError("not_found")
+            service.propose(db, svc, s, u, reason, actor=_cli_actor(s))
+    except service.DisposalError as exc:
+        raise _disposal_error(upload_id, exc) from exc
+    click.echo(f"{upload_id} disposal proposed by {staff_login}")
+
+
+@disposal.command("approve", help="Approve a proposed disposal (a manager other than the "
+                  "proposer) and dispose of the file. No TOTP: local admin tool.")
+@click.argument("upload_id")
+@click.option("--staff", "staff_login", required=True)
+def disposal_approve(upload_id: str, staff_login: str) -> None:
+    from . import disposal as service
+    svc = _office()
+    with svc.sessions() as db:
+        s = _staff(db, staff_login)
+        actor = _cli_actor(s)
+    try:
+        done = service.approve(svc, upload_id, s, actor=actor)
+    except service.DisposalError as exc:
+        raise _disposal_error(upload_id, exc) from exc
+    click.echo(f"{upload_id} disposed (certificate {done.id})")
+
+
+@disposal.command("withdraw", help="Withdraw a disposal proposal (proposer or a manager).")
+@click.argument("upload_id")
+@click.option("--staff", "staff_login", required=True)
+def disposal_withdraw(upload_id: str, staff_login: str) -> None:
+    from . import disposal as service
+    svc = _office()
+    try:
+        with svc.sessions() as db, db.begin():
+            s = _staff(db, staff_login)
+            u = db.get(Upload, upload_id)
+            if u is None:
+                raise service.DisposalError("not_found")
+            service.withdraw(db, svc, s, u, actor=_cli_actor(s))
+    except service.DisposalError as exc:
+        raise _disposal_error(upload_id, exc) from exc
+    click.echo(f"{upload_id} disposal proposal withdrawn")
+
+
+@disposal.command("certificate", help="Write the disposal certificate (PDF) of a record "
+                  "(certificate number) or of a disposed upload.")
+@click.argument("record_or_upload_id")
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path))
+@click.option("--lang", type=click.Choice(["ja", "en"]), default="ja")
+def disposal_certificate(record_or_upload_id: str, output: Path, lang: str) -> None:
+    from .certificate import certificate_pdf
+    from .disposal import record_for
+    svc = _office()
+    with svc.sessions() as db, db.begin():
+        rec = record_for(db, record_or_upload_id)
+        if rec is None:
+            raise CliError(f"no disposal record {record_or_upload_id}")
+        c = db.get(Company, rec.company_id)
+        assert c is not None
+        p = db.get(Purpose, rec.purpose_code)
+        label = p.label(lang) if p else None
+        record(db, svc.audit_key, Tag.CERTIFICATE_ISSUED, _cli_actor(), company_id=c.id,
+               upload_id=rec.upload_id, details={"record_id": rec.id, "via": "cli"})
+        pdf = certificate_pdf(rec, c, lang, purpose_label=label)
+    output.write_bytes(pdf)
+    click.echo(f"certificate {rec.id} written to {output}")
+
+
 # -- audit -------------------------------------------------------------------
 
 @main.group()
@@ -468,6 +578,20 @@ def audit_verify() -> None:
         raise CliError(f"audit chain broken at event {broken.event_id}: {broken.problem} "
                        f"({count} events verified before it)")
     click.echo(f"audit chain intact: {count} events")
+
+
+# -- notices -----------------------------------------------------------------
+
+@main.group()
+def notices() -> None:
+    """E-mail notices about uploads (the worker sends them every minute)."""
+
+
+@notices.command("run", help="Send the notices that are due now, once.")
+def notices_run() -> None:
+    from .notices import run_notices
+    sent = run_notices(build_services(_settings(), "worker"))
+    click.echo(f"notices sent: {sent}")
 
 
 @main.command()

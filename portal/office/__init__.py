@@ -11,7 +11,7 @@ from ..jobs import Jobs, make_huey
 from ..services import build_services
 from ..settings import Settings
 from ..web.base import create_base_app
-from . import admin, auth, views
+from . import admin, auth, disposal, outbox, purposes, retention, views
 
 PUBLIC = {"login", "totp", "totp_enrol"}
 
@@ -28,4 +28,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     auth.init(app, login)
     views.init(app)
     admin.init(app)
+    disposal.init(app)
+    outbox.init(app)
+    purposes.init(app)
+    retention.init(app)
     return app

@@ -76,6 +76,7 @@ class Stack:
     official_dir: Path
     server: subprocess.Popen[bytes] | None = None
     totps: dict[str, Totp] = field(default_factory=dict)
+    office_sessions: dict[str, requests.Session] = field(default_factory=dict)
 
     @property
     def cert(self) -> str:
@@ -150,7 +151,19 @@ class Stack:
         assert r.status_code == 302, r.status_code
         return s
 
-    def office(self, login: str) -> requests.Session:
+    def office(self, login: str, *, fresh: bool = False) -> requests.Session:
+        """A signed-in office session; reused while it is still alive, because
+        every new sign-in spends one of the three TOTP steps a 30 s window has."""
+        cached = self.office_sessions.get(login)
+        if cached is not None and not fresh:
+            r = cached.get(self.office_url + "/", allow_redirects=False)
+            if r.status_code == 200:
+                return cached
+        s = self._office_login(login)
+        self.office_sessions[login] = s
+        return s
+
+    def _office_login(self, login: str) -> requests.Session:
         s = requests.Session()
         s.trust_env = False  # env CA bundles would override verify
         s.verify = self.cert

@@ -37,3 +37,22 @@ def test_local_backends_do_not_load_boto3() -> None:
     assert out.stdout.strip() == "False"
     from storage import S3Storage  # the lazy export still works
     assert S3Storage.__name__ == "S3Storage"
+
+
+def test_scanner_health_warns_on_stale_or_test_signatures() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from portal.status import ScannerHealth, parse_version
+
+    engine, db, date = parse_version("ClamAV 1.4.6/27490/Mon Nov 23 09:00:00 2026")
+    assert (engine, db) == ("ClamAV 1.4.6", "27490") and date is not None
+    assert parse_version("ClamAV 1.4.6")[1] is None  # no database version: test signature only
+    now = datetime.now(UTC)
+    fresh = ScannerHealth(True, engine, db, now - timedelta(days=1), True, now)
+    stale = ScannerHealth(True, engine, db, now - timedelta(days=4), True, now)
+    test_only = ScannerHealth(True, engine, None, None, False, now)
+    down = ScannerHealth(False, None, None, None, True, now)
+    assert fresh.warnings == []
+    assert stale.warnings == ["signatures_stale"]
+    assert test_only.warnings == ["test_signatures_only"]
+    assert "unreachable" in down.warnings
