@@ -95,6 +95,11 @@ class Tag(StrEnum):
     CERTIFICATE_ISSUED = "office:certificate:issued"
     COMPANY_UPDATED = "office:company:updated"
     STAFF_UPDATED = "office:staff:updated"
+    # the handling log itself
+    AUDIT_EXPORTED = "office:audit:exported"
+    INCIDENT_EXPORTED = "office:incident:exported"
+    # reports (issue: ledger and monthly usage report)
+    REPORT_GENERATED = "office:report:generated"
 
 
 @dataclass(frozen=True)

@@ -562,6 +562,65 @@ def disposal_certificate(record_or_upload_id: str, output: Path, lang: str) -> N
     click.echo(f"certificate {rec.id} written to {output}")
 
 
+# -- ledger and monthly reports ----------------------------------------------
+
+def _write_document(output: Path, body: bytes) -> None:
+    """0600, written beside the target and renamed: no partial document."""
+    tmp = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(body)
+        os.replace(tmp, output)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@main.group()
+def report() -> None:
+    """The monthly usage report (利用記録レポート)."""
+
+
+@report.command("monthly", help="Write a company's usage report of one month (JST): PDF, "
+                "or CSV when PATH ends with .csv.")
+@click.argument("code")
+@click.argument("month")
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path))
+def report_monthly(code: str, month: str, output: Path) -> None:
+    from . import reports
+    if not reports.is_month(month):
+        raise CliError(f"{month}: the month must be YYYY-MM")
+    fmt = "csv" if output.suffix.lower() == ".csv" else "pdf"
+    svc = build_services(_settings(), "worker")  # no vault key needed
+    with svc.sessions() as db, db.begin():
+        c = _company(db, code)
+        body = (reports.monthly_csv(db, c, month) if fmt == "csv"
+                else reports.monthly_pdf(db, c, month))
+        record(db, svc.audit_key, Tag.REPORT_GENERATED, _cli_actor(), company_id=c.id,
+               details={"report": "monthly", "month": month, "format": fmt, "via": "cli"})
+    _write_document(output, body)
+    click.echo(f"usage report {code} {month} written to {output}")
+
+
+@main.command("ledger", help="Write a company's handling ledger (特定個人情報管理台帳): PDF, "
+              "or CSV when PATH ends with .csv.")
+@click.argument("code")
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path))
+def ledger(code: str, output: Path) -> None:
+    from . import reports
+    fmt = "csv" if output.suffix.lower() == ".csv" else "pdf"
+    svc = build_services(_settings(), "worker")  # no vault key needed
+    with svc.sessions() as db, db.begin():
+        c = _company(db, code)
+        body = (reports.ledger_csv(db, c, svc.settings) if fmt == "csv"
+                else reports.ledger_pdf(db, c, svc.settings))
+        record(db, svc.audit_key, Tag.REPORT_GENERATED, _cli_actor(), company_id=c.id,
+               details={"report": "ledger", "format": fmt, "via": "cli"})
+    _write_document(output, body)
+    click.echo(f"ledger {code} written to {output}")
+
+
 # -- audit -------------------------------------------------------------------
 
 @main.group()
@@ -578,6 +637,82 @@ def audit_verify() -> None:
         raise CliError(f"audit chain broken at event {broken.event_id}: {broken.problem} "
                        f"({count} events verified before it)")
     click.echo(f"audit chain intact: {count} events")
+
+
+def _audit_time(value: str | None, *, end: bool = False) -> Any:
+    from .auditexport import ExportError, parse_time
+    if value is None:
+        return None
+    try:
+        return parse_time(value, end=end)
+    except ExportError as exc:
+        raise CliError(str(exc)) from exc
+
+
+@audit.command("export", help="Export the log as CSV (UTF-8 with BOM, formulas neutralised) "
+               "or JSON lines (raw values, with the hash chain fields). T is an ISO date or "
+               "date-time, JST unless it names a zone; a date in --to includes that day.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), required=True)
+@click.option("--from", "since", metavar="T")
+@click.option("--to", "until", metavar="T")
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path))
+def audit_export(fmt: str, since: str | None, until: str | None, output: Path) -> None:
+    from . import auditexport as ax
+    svc = build_services(_settings(), "worker")
+    start, end = _audit_time(since), _audit_time(until, end=True)
+    with svc.sessions() as db, db.begin():
+        max_id = ax.last_id(db)
+        stmt = ax.query_events(since=start, until=end, max_id=max_id)
+        record(db, svc.audit_key, Tag.AUDIT_EXPORTED, _cli_actor(), details={
+            "format": fmt, "via": "cli", "last_event_id": max_id,
+            **ax.filters_for_audit({"from": ax.iso_utc(start) if start else "",
+                                    "to": ax.iso_utc(end) if end else ""})})
+    tmp = output.with_name(output.name + ".part")
+    count = 0
+    with svc.sessions() as db, tmp.open("wb") as fh:
+        def counted() -> Iterator[Any]:
+            nonlocal count
+            for ev in ax.iter_events(db, stmt):
+                count += 1
+                yield ev
+        (ax.write_csv if fmt == "csv" else ax.write_jsonl)(counted(), fh)
+    tmp.replace(output)
+    click.echo(f"{count} events written to {output}")
+
+
+@audit.command("incident", help="Write an incident export into DIR: events.csv, "
+               "events.jsonl, touched.csv, touched.json (files by upload id, companies, "
+               "people) and summary.txt. T as for `kinko audit export`.")
+@click.option("--from", "since", metavar="T", required=True)
+@click.option("--to", "until", metavar="T", required=True)
+@click.option("--actor", help="login ID, or kind:id (staff:3)")
+@click.option("--company", "company_code", metavar="CODE")
+@click.option("--addr", metavar="IP")
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path))
+def audit_incident(since: str, until: str, actor: str | None, company_code: str | None,
+                   addr: str | None, output: Path) -> None:
+    from . import auditexport as ax
+    svc = build_services(_settings(), "worker")
+    start, end = _audit_time(since), _audit_time(until, end=True)
+    with svc.sessions() as db:
+        company_id = _company(db, company_code).id if company_code else None
+        try:
+            inc = ax.incident(db, start, end, actor=actor, company_id=company_id, addr=addr)
+        except ax.ExportError as exc:
+            raise CliError(str(exc)) from exc
+    with svc.sessions() as db, db.begin():
+        record(db, svc.audit_key, Tag.INCIDENT_EXPORTED, _cli_actor(),
+               details={"via": "cli", "events": inc.total, "uploads": len(inc.uploads),
+                        "companies": len(inc.companies), "last_event_id": inc.max_id,
+                        **ax.filters_for_audit({"actor": actor or "", "addr": addr or "",
+                                                "company": company_code or "",
+                                                "from": ax.iso_utc(start),
+                                                "to": ax.iso_utc(end)})})
+    with svc.sessions() as db:
+        import dataclasses
+        ax.write_incident(dataclasses.replace(inc, db=db), output)
+    click.echo(f"incident: {inc.total} events, {len(inc.uploads)} files, "
+               f"{len(inc.companies)} companies written to {output}")
 
 
 # -- notices -----------------------------------------------------------------

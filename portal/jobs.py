@@ -18,6 +18,7 @@ from .models import Staff
 from .notices import run_notices
 from .pipeline import PipelineError, pull_upload, scan_upload
 from .reconcile import reconcile
+from .reports import run_monthly
 from .services import Services
 from .settings import Settings, SettingsError
 
@@ -48,6 +49,9 @@ class Jobs:
         self._pull = huey.task(name="kinko.pull")(self._run_pull)
         huey.periodic_task(crontab(minute="*"), name="kinko.reconcile")(self._run_reconcile)
         huey.periodic_task(crontab(minute="*"), name="kinko.notices")(self._run_notices)
+        # Hourly: the first run after a JST month ends closes it (once per company).
+        huey.periodic_task(crontab(minute="7"), name="kinko.monthly_reports")(
+            self._run_monthly_reports)
 
     # Enqueuer protocol
     def scan(self, upload_id: str, delay: float = 0) -> None:
@@ -87,3 +91,6 @@ class Jobs:
 
     def _run_notices(self) -> None:
         run_notices(self._svc())
+
+    def _run_monthly_reports(self) -> None:
+        run_monthly(self._svc())

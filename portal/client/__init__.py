@@ -17,7 +17,7 @@ from ..models import ClientUser
 from ..services import build_services
 from ..settings import Settings
 from ..web.base import SINKS, create_base_app
-from . import account, api, auth, views
+from . import account, api, auth, reports, views
 
 PUBLIC = {"login", "totp", "totp_enrol"}
 
@@ -57,4 +57,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     views.init(app)
     account.init(app)
     api.init(app, csrf)
+    reports.init(app)
     return app

@@ -20,7 +20,7 @@ from ..intake import IntakeError, UploadTooLargeError, receive_stream, reject
 from ..messages import reason_text
 from ..models import Upload
 from ..web.base import remote_addr, services
-from .views import current_client, get_room_upload, purposes
+from .views import current_client, get_room_upload, purposes, receipt_response
 
 
 def iso(at: datetime | None) -> str | None:
@@ -84,6 +84,11 @@ def get_upload(upload_id: str) -> Any:
     return jsonify(upload_json(get_room_upload(services(), upload_id), events=True))
 
 
+def get_receipt(upload_id: str) -> Any:
+    """The receipt (受領書) as ``application/pdf``; 404 for another company's id."""
+    return receipt_response(upload_id)
+
+
 def create_upload() -> Any:
     svc = services()
     user = current_client(svc)
@@ -118,6 +123,7 @@ def init(app: Flask, csrf: CSRFProtect) -> None:
     bp.add_url_rule("/uploads", view_func=list_uploads, methods=["GET"])
     bp.add_url_rule("/uploads/<upload_id>", view_func=get_upload, methods=["GET"])
     bp.add_url_rule("/uploads", view_func=create_upload, methods=["POST"])
+    bp.add_url_rule("/uploads/<upload_id>/receipt", view_func=get_receipt, methods=["GET"])
     csrf.exempt(bp)
 
     @bp.before_request

@@ -4,14 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, abort, flash, g, redirect, render_template, request, url_for
+from flask import (
+    Flask,
+    Response,
+    abort,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask_babel import get_locale
 from flask_babel import gettext as _
 from flask_login import current_user
 from sqlalchemy import select
 
+from ..custody import chain_of_custody, render, scan_verdict
 from ..intake import IntakeError, active_purpose, register, reject
 from ..messages import reason_text
-from ..models import ClientUser, Purpose, Upload
+from ..models import ClientUser, Company, Purpose, Upload
+from ..receipt import receipt_pdf
 from ..services import Services
 from ..web.base import remote_addr, services
 from . import deletion
@@ -38,6 +51,29 @@ def purposes(svc: Services) -> list[Purpose]:
     with svc.sessions() as db:
         return list(db.execute(select(Purpose).where(Purpose.active)
                                .order_by(Purpose.sort_order)).scalars())
+
+
+def receipt_response(upload_id: str) -> Response:
+    """The receipt (受領書) of one of the caller's uploads, as a PDF attachment.
+
+    Shared by the room page and the API; ``get_room_upload`` makes another
+    company's id a 404.  Japanese unless ``?lang=en`` is asked for.
+    """
+    svc = services()
+    upload = get_room_upload(svc, upload_id)
+    lang = "en" if request.args.get("lang") == "en" else "ja"
+    with svc.sessions() as db:
+        company = db.get(Company, upload.company_id)
+        assert company is not None
+        steps = chain_of_custody(db, upload, lang)
+    pdf = receipt_pdf(upload, company, steps, lang,
+                      purpose_label=upload.purpose.label(lang))
+    resp = Response(pdf, mimetype="application/pdf")
+    # RFC 6266: the id is generated hex; keep only safe characters anyway.
+    safe_id = "".join(c for c in upload.id if c.isascii() and (c.isalnum() or c in "-_"))
+    resp.headers["Content-Disposition"] = f'attachment; filename="receipt-{safe_id}.pdf"'
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
 
 
 def init(app: Flask) -> None:
@@ -86,8 +122,15 @@ def init(app: Flask) -> None:
         upload = get_room_upload(svc, upload_id)
         with svc.sessions() as db:
             request_state = deletion.latest_request(db, upload.id)
+            custody = render(chain_of_custody(db, upload, str(get_locale())), _)
+        verdict, verdict_args = scan_verdict(upload)
         return render_template("client/upload.html", upload=upload,
                                deletion_request=request_state,
-                               reason_max=deletion.REASON_MAX)
+                               reason_max=deletion.REASON_MAX, custody=custody,
+                               verdict=_(verdict, **verdict_args))
+
+    @app.route("/uploads/<upload_id>/receipt.pdf")
+    def upload_receipt(upload_id: str) -> Any:
+        return receipt_response(upload_id)
 
     deletion.init(app)

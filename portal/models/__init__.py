@@ -4,6 +4,7 @@ from .accounts import ApiToken, ClientUser, Company, Staff, staff_companies
 from .audit import AuditEvent
 from .base import Base, utcnow
 from .office import DeletionRequest, DisposalRecord, NoticeState
+from .reports import MonthlyReport
 from .security import AddressFailure, PasswordHistory, Policy, RecoveryCode, WebSession
 from .system import SystemStatus
 from .uploads import PENDING_SCAN, Purpose, Status, Upload, UploadEvent
@@ -18,6 +19,7 @@ __all__ = [
     "DeletionRequest",
     "DisposalRecord",
     "Company",
+    "MonthlyReport",
     "NoticeState",
     "PasswordHistory",
     "Policy",

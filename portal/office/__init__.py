@@ -11,7 +11,8 @@ from ..jobs import Jobs, make_huey
 from ..services import build_services
 from ..settings import Settings
 from ..web.base import create_base_app
-from . import admin, auth, disposal, outbox, purposes, retention, views
+from . import admin, auditlog, auth, disposal, outbox, purposes, retention, views
+from . import reports as report_views
 
 PUBLIC = {"login", "totp", "totp_enrol"}
 
@@ -32,4 +33,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     outbox.init(app)
     purposes.init(app)
     retention.init(app)
+    auditlog.init(app)
+    report_views.init(app)
     return app

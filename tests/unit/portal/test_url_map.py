@@ -83,13 +83,21 @@ def _guard(app: Flask) -> Any:
     return guards[0]
 
 
+def _dummy(converter: object) -> object:
+    """A value the converter accepts: a number, one of an any() list, or a word."""
+    name = type(converter).__name__
+    if name == "IntegerConverter":
+        return 1
+    if name == "AnyConverter":
+        return sorted(converter.items)[0]  # type: ignore[attr-defined]
+    return "dummy"
+
+
 def _requests(app: Flask) -> Iterator[tuple[str, str, str]]:
     """(endpoint, method, path) for every rule and method, URL arguments filled in."""
     with app.test_request_context(base_url=BASE):
         for rule in app.url_map.iter_rules():
-            # Integer converters need a number; everything else gets a word.
-            args = {arg: (1 if type(rule._converters[arg]).__name__ == "IntegerConverter"
-                          else "dummy") for arg in rule.arguments}
+            args = {arg: _dummy(rule._converters[arg]) for arg in rule.arguments}
             path = url_for(rule.endpoint, **args)
             for method in sorted(rule.methods or ()):
                 if method in ("HEAD", "OPTIONS"):
