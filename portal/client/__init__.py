@@ -17,9 +17,9 @@ from ..models import ClientUser
 from ..services import build_services
 from ..settings import Settings
 from ..web.base import SINKS, create_base_app
-from . import account, api, auth, reports, views
+from . import account, api, auth, openapi, reports, views
 
-PUBLIC = {"login", "totp", "totp_enrol"}
+PUBLIC = {"login", "totp", "totp_enrol", "openapi"}
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -58,4 +58,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     account.init(app)
     api.init(app, csrf)
     reports.init(app)
+    openapi.init(app)
     return app
