@@ -235,8 +235,14 @@ def receive_stream(
     filename: str,
     purpose_code: str,
     remote_addr: str | None,
+    expected_size: int | None = None,
 ) -> Upload:
-    """Receive a whole upload from a readable stream (API and CLI path)."""
+    """Receive a whole upload from a readable stream (API and CLI path).
+
+    ``expected_size`` is the declared Content-Length: a body that ends
+    short (the client cancelled, the connection dropped) is discarded and
+    refused, never stored as if it were the whole file.
+    """
     active_purpose(services, purpose_code)
     sink = IntakeSink(services, services.settings.max_upload_bytes)
     try:
@@ -245,6 +251,12 @@ def receive_stream(
         else:
             for chunk in chunks:
                 sink.write(chunk)
+        if expected_size is not None and sink.tell() != expected_size:
+            # gunicorn marks its input as terminated, so Werkzeug does not
+            # check the length: a dropped connection just ends the body.
+            sink.abort()
+            reject(services, user, "truncated", remote_addr)
+            raise IntakeError("truncated")
         received = sink.finish()
     except UploadTooLargeError:
         reject(services, user, "too_large", remote_addr)

@@ -32,6 +32,8 @@ REASONS = {
     "malformed": _l("The file appears to be damaged and cannot be opened."),
     "damaged": _l("The file was damaged while being stored. Please upload it again."),
     "invalid_purpose": _l("Please choose a purpose of use."),
+    "truncated": _l("The upload was interrupted before the whole file arrived. Nothing was "
+                    "kept; please upload the file again."),
     "no_file": _l("Please choose a file to upload."),
     "one_file": _l("Please upload one file at a time."),
     "bad_filename": _l("The file name could not be read."),

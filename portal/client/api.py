@@ -39,6 +39,10 @@ def upload_json(u: Upload, *, events: bool = False) -> dict[str, Any]:
         "reason_code": u.reason, "reason": reason_text(u.reason) if u.reason else None,
         "created_at": iso(u.created_at),
     }
+    report = u.mynumber_report() if u.kind in ("csv", "xlsx", "ods") else None
+    if report is not None:
+        # Check-digit report: counts and cell positions only, never digits.
+        out["mynumber"] = report
     if events:
         out["events"] = [{"status": e.status, "at": iso(e.at)} for e in u.events]
     return out
@@ -104,9 +108,10 @@ def create_upload() -> Any:
             raise UploadTooLargeError()
         upload = receive_stream(svc, request.stream, user=user, filename=filename,
                                 purpose_code=request.headers.get("X-Purpose", ""),
-                                remote_addr=remote_addr())
+                                remote_addr=remote_addr(),
+                                expected_size=request.content_length)
     except IntakeError as exc:
-        if exc.code not in ("too_large", "empty"):
+        if exc.code not in ("too_large", "empty", "truncated"):
             reject(svc, user, exc.code, remote_addr())
         elif exc.code == "too_large" and request.content_length is not None:
             reject(svc, user, exc.code, remote_addr())

@@ -362,3 +362,37 @@ def test_refusal_reasons_differ(stack: Stack, acme_token: str) -> None:
     assert reasons["type_not_allowed"] != reasons["extension_mismatch"]
     assert all(any("\u3040" <= c <= "\u30ff" for c in text) for text in reasons.values()), \
         reasons
+
+
+def test_an_interrupted_upload_is_not_kept(stack: Stack, acme_token: str,
+                                           dropzone_unchanged: None) -> None:
+    """Half the declared body, then the client hangs up: nothing is stored."""
+    port = urlsplit(stack.client_url).port
+    assert port is not None
+    body = unique_csv() * 2000
+    head = (f"POST /api/v1/uploads HTTP/1.1\r\nHost: localhost:{port}\r\n"
+            f"Authorization: Bearer {acme_token}\r\n"
+            "Content-Type: application/octet-stream\r\n"
+            "Content-Disposition: attachment; filename*=UTF-8''cut.csv\r\n"
+            f"X-Purpose: koyo\r\nContent-Length: {len(body)}\r\n\r\n")
+    before = rejected_count(stack, "truncated")
+    listed_before = {u["id"] for u in requests.get(
+        stack.client_url + "/api/v1/uploads", headers={"Authorization": f"Bearer {acme_token}"},
+        verify=stack.cert, timeout=30).json()["uploads"]}
+    ctx = ssl.create_default_context(cafile=stack.cert)
+    with socket.create_connection(("localhost", port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost") as sock:
+        sock.sendall(head.encode() + body[: len(body) // 2])
+        sock.shutdown(socket.SHUT_WR)  # the client is gone
+        try:
+            sock.recv(65536)
+        except OSError:
+            pass
+    deadline = time.monotonic() + 15
+    while rejected_count(stack, "truncated") == before:
+        assert time.monotonic() < deadline, "the interrupted upload was not refused"
+        time.sleep(0.2)
+    listed_after = {u["id"] for u in requests.get(
+        stack.client_url + "/api/v1/uploads", headers={"Authorization": f"Bearer {acme_token}"},
+        verify=stack.cert, timeout=30).json()["uploads"]}
+    assert listed_after == listed_before
