@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import secrets
 import time
@@ -38,6 +39,8 @@ from sqlalchemy import CursorResult, select, update
 from scanners.clamd import ScanResult
 from scanners.errors import ScannerError, ScannerUnavailableError
 from scanners.filetypes import check_file
+from scanners.numbers_scan import KINDS as NUMBER_KINDS
+from scanners.numbers_scan import NumberReport, scan_numbers
 from storage.envelope import EnvelopeReader, open_envelope, seal
 from storage.errors import IntegrityError, ObjectNotFoundError, StorageError
 
@@ -132,10 +135,30 @@ def _inspect(services: Services, upload_id: str, filename: str, size: int,
         policy = check_file(cast(BinaryIO, reader), filename, size)
         if not policy.allowed:
             return policy.reason or "type_not_allowed", None
+        numbers: NumberReport | None = None
+        if policy.kind in NUMBER_KINDS:
+            # The check-digit report is advice for the client and office: whatever
+            # happens in it must never fail (or pass) the scan.
+            try:
+                reader.seek(0)
+                numbers = scan_numbers(cast(BinaryIO, reader), policy.kind)
+            except Exception as exc:  # noqa: BLE001 - see above; no content is logged
+                log.warning("number check of upload %s failed: %s", upload_id,
+                            type(exc).__name__)
+                numbers = None
+            if numbers is not None and numbers.error is not None:
+                log.warning("number check of upload %s skipped: %s", upload_id,
+                            numbers.error)
+                numbers = None
         with services.sessions() as db, db.begin():
             row = db.get(Upload, upload_id)
             if row is not None:
                 row.kind = policy.kind
+                if numbers is not None:
+                    row.mynumber_found = numbers.found
+                    row.mynumber_invalid = json.dumps({
+                        "invalid": [c.as_dict() for c in numbers.invalid],
+                        "truncated": numbers.truncated}, ensure_ascii=False)
         reader.seek(0)
         scanner = services.scanner()
         if scanner is None:

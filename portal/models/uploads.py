@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date, datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import Date, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -79,6 +81,10 @@ class Upload(Base):
     scan_attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column()
     scanned_at: Mapped[datetime | None] = mapped_column()
+    # Check-digit report for csv/xlsx/ods (NULL: not a spreadsheet or not checked).
+    # Counts and cell positions only, never the numbers: see scanners.numbers_scan.
+    mynumber_found: Mapped[int | None] = mapped_column(Integer)
+    mynumber_invalid: Mapped[str | None] = mapped_column(Text)  # JSON
 
     vault_key: Mapped[str | None] = mapped_column(String(128))
     vault_key_id: Mapped[str | None] = mapped_column(String(64))
@@ -100,6 +106,27 @@ class Upload(Base):
     events: Mapped[list[UploadEvent]] = relationship(
         back_populates="upload", order_by="UploadEvent.id"
     )
+
+    def mynumber_report(self) -> dict[str, Any] | None:
+        """``{"found", "invalid": [{"sheet", "row", "column"}], "truncated"}`` or None.
+
+        Cell positions only, never digits (../shared/contract.md).
+        """
+        if self.mynumber_found is None:
+            return None
+        try:
+            stored = json.loads(self.mynumber_invalid or "{}")
+        except ValueError:
+            stored = {}
+        if isinstance(stored, list):
+            stored = {"invalid": stored}
+        cells = [
+            {"sheet": str(c.get("sheet", "")), "row": int(c.get("row", 0)),
+             "column": str(c.get("column", ""))}
+            for c in stored.get("invalid", []) if isinstance(c, dict)
+        ]
+        return {"found": self.mynumber_found, "invalid": cells,
+                "truncated": bool(stored.get("truncated", False))}
 
 
 class UploadEvent(Base):
