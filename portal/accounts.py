@@ -25,8 +25,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import Any, Literal
 
 import pyotp
@@ -38,6 +36,8 @@ from .audit import Actor, Tag, record
 from .auth import recovery, sessions, throttle
 from .auth.passwords import hash_password, initial_password
 from .auth.policy import PasswordPolicy, load_policy, problems, save_policy
+from .i18n import N_
+from .i18n import translations as _translations
 from .models import ClientUser, Company, PasswordHistory, Staff, utcnow
 from .settings import Settings
 
@@ -64,9 +64,6 @@ class AccountError(Exception):
         self.problems = list(problems)
 
 
-def N_(message: str) -> str:  # noqa: N802 - the gettext convention for "mark only"
-    """Mark a message for the catalogue; it is translated when sent."""
-    return message
 
 
 @dataclass(frozen=True)
@@ -92,13 +89,8 @@ NOTICES: dict[str, tuple[str, str]] = {
            "at once.")),
 }
 
-TRANSLATIONS = Path(__file__).resolve().parent / "translations"
 
 
-@lru_cache(maxsize=4)
-def _translations(lang: str) -> Any:
-    from babel.support import Translations
-    return Translations.load(str(TRANSLATIONS), [lang], "messages")
 
 
 def send_notices(settings: Settings, notices: Iterable[Notice], lang: str = "ja") -> None:

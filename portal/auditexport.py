@@ -42,15 +42,14 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo
 
-from babel.support import NullTranslations, Translations
 from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import Session
 
+from .i18n import translations as _translations
 from .models import AuditEvent, Company, Upload
 from .pii import mask_mynumbers
 
@@ -58,7 +57,6 @@ JST = ZoneInfo("Asia/Tokyo")
 BATCH = 1000
 _HEX_ID = re.compile(r"[0-9a-f]{16,64}")
 BOM = "\ufeff"
-TRANSLATIONS = Path(__file__).resolve().parent / "translations"
 
 COLUMNS = ("id", "at", "at_jst", "action", "actor_kind", "actor_id", "actor_label",
            "company_id", "upload_id", "remote_addr", "details", "prev_hash", "hash")
@@ -72,8 +70,6 @@ class ExportError(Exception):
     """A filter or a time value could not be understood."""
 
 
-def N_(text: str) -> str:  # noqa: N802 - the catalogue's extraction keyword
-    return text
 
 
 # -- time ---------------------------------------------------------------------
@@ -448,14 +444,6 @@ def touched_json(inc: Incident) -> dict[str, Any]:
     }
 
 
-@lru_cache(maxsize=4)
-def _translations(lang: str) -> NullTranslations:
-    if lang == "en":
-        return NullTranslations()
-    try:
-        return Translations.load(str(TRANSLATIONS), [lang], "messages")
-    except OSError:
-        return NullTranslations()
 
 
 SUMMARY_LIST_MAX = 40  # one page: longer lists point to touched.csv

@@ -20,12 +20,11 @@ from typing import Any
 from xml.sax.saxutils import escape
 from zoneinfo import ZoneInfo
 
-from babel.support import NullTranslations, Translations
-
+from .i18n import N_
+from .i18n import translations as _translations
 from .models import Company, DisposalRecord
 
 JST = ZoneInfo("Asia/Tokyo")
-TRANSLATIONS = Path(__file__).resolve().parent / "translations"
 FONT_NAME = "IPAexGothic"
 FONT_PATHS = (
     Path("/usr/share/fonts/opentype/ipaexfont-gothic/ipaexg.ttf"),
@@ -34,8 +33,6 @@ FONT_PATHS = (
 )
 
 
-def N_(text: str) -> str:  # noqa: N802 - the catalogue's extraction keyword
-    return text
 
 
 # Text stored in records in English (data), shown in the reader's language.
@@ -50,11 +47,6 @@ class CertificateError(Exception):
     """The certificate cannot be produced (e.g. the Japanese font is missing)."""
 
 
-@lru_cache(maxsize=4)
-def _translations(lang: str) -> NullTranslations:
-    if lang == "en":
-        return NullTranslations()
-    return Translations.load(str(TRANSLATIONS), [lang], "messages")
 
 
 @lru_cache(maxsize=1)

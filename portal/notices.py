@@ -37,8 +37,6 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -47,6 +45,8 @@ from sqlalchemy.orm import Session
 
 from . import notify
 from .audit import SYSTEM, Actor, Tag, record
+from .i18n import N_
+from .i18n import translations as _translations
 from .models import ClientUser, Company, NoticeState, Staff, Status, Upload, UploadEvent
 from .services import Services
 from .settings import Settings
@@ -68,8 +68,6 @@ _MIN_STEM = 3
 _MIN_SIZE = 1000
 
 
-def N_(message: str) -> str:  # noqa: N802 - the gettext convention for "mark only"
-    return message
 
 
 STAFF_SUBJECT = N_("[kinko] New files from %(company)s: %(count)d")
@@ -88,13 +86,8 @@ NO_PERSONAL_DATA = N_("For your protection, this notice carries no file names or
                       "personal data.")
 AUTOMATIC = N_("This is an automatic notice from kinko.")
 
-TRANSLATIONS = Path(__file__).resolve().parent / "translations"
 
 
-@lru_cache(maxsize=4)
-def _translations(lang: str) -> Any:
-    from babel.support import Translations
-    return Translations.load(str(TRANSLATIONS), [lang], "messages")
 
 
 class NoticeRefused(Exception):  # noqa: N818 - a refusal, not a failure
