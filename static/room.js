@@ -17,6 +17,19 @@
   var POLL_MAX_BACKOFF_MS = 30000;
   var POLL_GIVE_UP_MS = 10 * 60 * 1000;
   var TERMINAL = { vaulted: true, infected: true, refused: true, disposed: true };
+  /* Resumable uploads (tus 1.0.0, /api/v1/tus/): files this large are sent
+     in pieces of TUS_CHUNK bytes (every piece but the last); the upload's
+     address is kept in localStorage under the file's name, size and date, so
+     that after a dropped connection, or a reload and the same file chosen
+     again, sending goes on from the server's offset (HEAD) instead of from
+     the start.  Nothing of the file's content is kept in the browser. */
+  var TUS_MIN = 8 * 1024 * 1024;
+  var TUS_CHUNK = 8 * 1024 * 1024;
+  var TUS_RETRY_MS = 1000;
+  var TUS_RETRY_MAX_MS = 15000;
+  var TUS_MAX_TRIES = 12;
+  var TUS_KEEP_MS = 24 * 60 * 60 * 1000;   // the server's Upload-Expires
+  var TUS_STORE = "kinko-tus:";
 
   function readI18n() {
     var block = document.getElementById("room-i18n");
@@ -36,6 +49,36 @@
     var i = 0;
     while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
     return i === 0 ? n.toFixed(0) + " " + units[i] : n.toFixed(1) + " " + units[i];
+  }
+
+  /* base64 of the UTF-8 bytes (tus Upload-Metadata values). */
+  function base64Utf8(text) {
+    var bytes = new TextEncoder().encode(String(text));
+    var bin = "";
+    for (var i = 0; i < bytes.length; i += 1) { bin += String.fromCharCode(bytes[i]); }
+    return window.btoa(bin);
+  }
+
+  function tusKey(file) {
+    return TUS_STORE + [file.name, file.size, file.lastModified || 0].join(":");
+  }
+
+  function tusLoad(file) {
+    try {
+      var saved = JSON.parse(window.localStorage.getItem(tusKey(file)) || "null");
+      if (saved && saved.url && Date.now() - (saved.at || 0) < TUS_KEEP_MS) { return saved; }
+    } catch (e) { /* no storage (private mode): start afresh */ }
+    return null;
+  }
+
+  function tusSave(file, value) {
+    try {
+      if (value) {
+        window.localStorage.setItem(tusKey(file), JSON.stringify(value));
+      } else {
+        window.localStorage.removeItem(tusKey(file));
+      }
+    } catch (e) { /* no storage: resuming after a reload is not possible */ }
   }
 
   function formatDuration(t, seconds) {
@@ -118,6 +161,7 @@
     var detail = zone.getAttribute("data-detail");
     var csrf = zone.getAttribute("data-csrf");
     var maxBytes = parseInt(zone.getAttribute("data-max-bytes") || "0", 10);
+    var tusUrl = zone.getAttribute("data-tus");
     var queue = [];
     var active = 0;
     var announceTimer = null;
@@ -207,6 +251,8 @@
       if (this.state === "waiting") {
         var i = queue.indexOf(this);
         if (i >= 0) { queue.splice(i, 1); }
+      } else if (this.state === "sending" && this.tus) {
+        this.tusCancel();
       } else if (this.state === "sending" && this.xhr) {
         this.xhr.abort();  // onabort frees the slot
       } else {
@@ -226,8 +272,9 @@
       var parts = [fill(t.done_of, { done: formatBytes(loaded), total: formatBytes(total) })];
       this.progress.max = Math.max(total, 1);
       this.progress.value = loaded;
-      if (elapsed > 0.2 && loaded > 0) {
-        var speed = loaded / elapsed;
+      var fresh = loaded - (this.base || 0);  // a resumed upload: only what moved now
+      if (elapsed > 0.2 && fresh > 0) {
+        var speed = fresh / elapsed;
         parts.push(fill(t.speed, { speed: formatBytes(speed) }));
         if (loaded < total) {
           parts.push(fill(t.left, { time: formatDuration(t, (total - loaded) / speed) }));
@@ -272,6 +319,7 @@
     };
 
     Entry.prototype.send = function () {
+      if (tusUrl && this.file.size >= TUS_MIN) { this.sendTus(); return; }
       var self = this;
       var xhr = new XMLHttpRequest();
       this.xhr = xhr;
@@ -313,6 +361,197 @@
       xhr.onerror = function () { release(); self.fail(t.network, t.not_sent); };
       xhr.onabort = function () { release(); };
       xhr.send(this.file);
+    };
+
+    /* ------------------------------------------- resumable (tus) sending */
+
+    Entry.prototype.sendTus = function () {
+      var self = this;
+      this.tus = true;
+      this.tries = 0;
+      this.timer = null;
+      this.state = "sending";
+      this.startedAt = Date.now();
+      this.base = 0;
+      this.setBadge(t.uploading, "sending");
+      active += 1;
+      var released = false;
+      this.release = function () {
+        if (released) { return; }
+        released = true;
+        active -= 1;
+        self.xhr = null;
+        pump();
+      };
+      var saved = tusLoad(this.file);
+      if (saved && saved.purpose === this.purpose) {
+        this.location = saved.url;
+        this.tusResume();
+      } else {
+        this.tusCreate();
+      }
+    };
+
+    /* One tus request; onDone(status, xhr) — status 0 for a network error. */
+    Entry.prototype.tusRequest = function (method, url, headers, onDone) {
+      var self = this;
+      var xhr = new XMLHttpRequest();
+      this.xhr = xhr;
+      xhr.open(method, url);
+      xhr.setRequestHeader("Tus-Resumable", "1.0.0");
+      xhr.setRequestHeader("X-CSRFToken", csrf);
+      xhr.setRequestHeader("Accept", "application/json");
+      Object.keys(headers).forEach(function (name) { xhr.setRequestHeader(name, headers[name]); });
+      xhr.onload = function () {
+        if (self.state !== "sending") { return; }
+        self.xhr = null;
+        onDone(xhr.status, xhr);
+      };
+      xhr.onerror = function () {
+        if (self.state !== "sending") { return; }
+        self.xhr = null;
+        onDone(0, xhr);
+      };
+      xhr.onabort = function () { self.xhr = null; };
+      return xhr;
+    };
+
+    Entry.prototype.tusFail = function (xhr) {
+      tusSave(this.file, null);  // refused: that address cannot be resumed
+      var body = null;
+      try { body = JSON.parse(xhr.responseText); } catch (e) { body = null; }
+      this.release();
+      if (body && body.message) {
+        this.fail(body.message, t.status.refused);
+      } else {
+        this.fail(t.server, t.not_sent);
+      }
+    };
+
+    /* A network error or a server hiccup: ask the server where it stands
+       and go on from there, after 1, 2, 4 … seconds. */
+    Entry.prototype.tusRetry = function (next) {
+      var self = this;
+      this.tries += 1;
+      if (this.tries > TUS_MAX_TRIES) {
+        this.release();
+        this.fail(t.network, t.not_sent);  // the address stays: a later try resumes
+        return;
+      }
+      this.setBadge(t.retrying, "sending");
+      var delay = Math.min(TUS_RETRY_MS * Math.pow(2, this.tries - 1), TUS_RETRY_MAX_MS);
+      this.timer = window.setTimeout(function () {
+        self.timer = null;
+        if (self.state !== "sending") { return; }
+        next.call(self);
+      }, delay);
+    };
+
+    Entry.prototype.tusCreate = function () {
+      var self = this;
+      this.location = null;
+      var xhr = this.tusRequest("POST", tusUrl, {
+        "Upload-Length": String(this.file.size),
+        "Upload-Metadata": "filename " + base64Utf8(this.file.name) +
+                           ",purpose " + base64Utf8(this.purpose)
+      }, function (status) {
+        if (status === 201 && xhr.getResponseHeader("Location")) {
+          self.location = xhr.getResponseHeader("Location");
+          tusSave(self.file, { url: self.location, purpose: self.purpose, at: Date.now() });
+          self.offset = 0;
+          self.tusPatch();
+        } else if (status === 0 || status >= 500) {
+          self.tusRetry(self.tusCreate);
+        } else {
+          self.tusFail(xhr);
+        }
+      });
+      xhr.send();
+    };
+
+    /* HEAD: the server's offset is the truth; nothing it has is sent again. */
+    Entry.prototype.tusResume = function () {
+      var self = this;
+      var xhr = this.tusRequest("HEAD", this.location, {}, function (status) {
+        if (status === 200) {
+          var done = xhr.getResponseHeader("Kinko-Upload-Id");
+          self.offset = parseInt(xhr.getResponseHeader("Upload-Offset") || "0", 10);
+          self.base = self.offset;
+          self.startedAt = Date.now();
+          self.setBadge(t.uploading, "sending");
+          self.onProgress(self.offset, self.file.size);
+          if (done) { self.tusDone(done); } else { self.tusPatch(); }
+        } else if (status === 404 || status === 410) {
+          tusSave(self.file, null);  // gone or expired: start again
+          self.tusCreate();
+        } else if (status === 0 || status >= 500) {
+          self.tusRetry(self.tusResume);
+        } else {
+          self.tusFail(xhr);
+        }
+      });
+      xhr.send();
+    };
+
+    Entry.prototype.tusPatch = function () {
+      var self = this;
+      var start = this.offset;
+      var end = Math.min(start + TUS_CHUNK, this.file.size);
+      var xhr = this.tusRequest("PATCH", this.location, {
+        "Content-Type": "application/offset+octet-stream",
+        "Upload-Offset": String(start)
+      }, function (status) {
+        if (status === 204) {
+          self.tries = 0;
+          self.offset = parseInt(xhr.getResponseHeader("Upload-Offset") || String(end), 10);
+          self.onProgress(self.offset, self.file.size);
+          var done = xhr.getResponseHeader("Kinko-Upload-Id");
+          if (done) {
+            self.tusDone(done);
+          } else if (self.offset >= self.file.size) {
+            self.tusResume();
+          } else {
+            self.setBadge(t.uploading, "sending");
+            self.tusPatch();
+          }
+        } else if (status === 409) {
+          self.tusResume();  // the server has a different offset: ask it
+        } else if (status === 404 || status === 410) {
+          tusSave(self.file, null);
+          self.tusCreate();
+        } else if (status === 0 || status >= 500) {
+          self.tusRetry(self.tusResume);
+        } else {
+          self.tusFail(xhr);
+        }
+      });
+      xhr.upload.onprogress = function (ev) {
+        self.onProgress(start + ev.loaded, self.file.size);
+      };
+      xhr.send(this.file.slice(start, end));
+    };
+
+    Entry.prototype.tusDone = function (uploadId) {
+      var self = this;
+      tusSave(this.file, null);
+      this.release();
+      this.onProgress(this.file.size, this.file.size);
+      getJSON(api + "/" + encodeURIComponent(uploadId), csrf, function (code, body) {
+        self.sent(code === 200 && body && body.id ? body
+                  : { id: uploadId, status: "received" });
+      });
+    };
+
+    Entry.prototype.tusCancel = function () {
+      if (this.timer) { window.clearTimeout(this.timer); this.timer = null; }
+      if (this.xhr) { this.xhr.abort(); this.xhr = null; }
+      if (this.location) {
+        // Termination: the server deletes what it had received.
+        this.tusRequest("DELETE", this.location, {}, function () {}).send();
+        this.xhr = null;
+      }
+      tusSave(this.file, null);
+      this.release();
     };
 
     function pump() {

@@ -14,6 +14,20 @@ from flask import Flask, jsonify
 ERROR = {"$ref": "#/components/schemas/Error"}
 UPLOAD_ID = {"name": "upload_id", "in": "path", "required": True,
              "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
+TUS_ID = {"name": "tus_id", "in": "path", "required": True,
+          "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
+
+
+def _h(name: str, description: str, *, required: bool = True) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": required, "schema": {"type": "string"},
+            "description": description}
+
+
+TUS_RESUMABLE = _h("Tus-Resumable", "always 1.0.0 (else 412)")
+_STATE = {"Upload-Offset": {"schema": {"type": "integer"}},
+          "Upload-Expires": {"schema": {"type": "string"}, "description": "RFC 7231 date"},
+          "Kinko-Upload-Id": {"schema": {"type": "string"}, "description":
+                              "once complete: the upload at /api/v1/uploads/{upload_id}"}}
 
 
 def _errors(*codes: int) -> dict[str, Any]:
@@ -78,6 +92,49 @@ SPEC: dict[str, Any] = {
             "responses": {"200": {"description": "PDF", "content": {
                 "application/pdf": {"schema": {"type": "string", "format": "binary"}}}},
                 **_errors(401, 404)}}},
+        "/api/v1/tus/": {
+            "options": {"summary": "tus 1.0.0: what the server supports",
+                        "responses": {"204": {"description": "capabilities", "headers": {
+                            "Tus-Version": {"schema": {"type": "string"}},
+                            "Tus-Extension": {"schema": {"type": "string"}, "description":
+                                              "creation,termination,expiration"},
+                            "Tus-Max-Size": {"schema": {"type": "integer"}}}},
+                            **_errors(401)}},
+            "post": {
+                "summary": "tus creation: start a resumable upload",
+                "description": "Resumable uploads (https://tus.io, 1.0.0). Send the file with "
+                               "PATCH in pieces (8 MiB or more each but the last); after a "
+                               "broken connection ask HEAD for the offset and go on. Each "
+                               "piece is encrypted as it arrives; a body cut short keeps what "
+                               "arrived. Expires 24 hours after the last piece.",
+                "parameters": [TUS_RESUMABLE, _h("Upload-Length", "the file's size in bytes"),
+                               _h("Upload-Metadata", "filename <base64 UTF-8>,purpose "
+                                  "<base64 purpose code>")],
+                "responses": {"201": {"description": "created", "headers": {
+                    "Location": {"schema": {"type": "string"}},
+                    "Upload-Expires": _STATE["Upload-Expires"]}},
+                    **_errors(400, 401, 403, 412, 413)}}},
+        "/api/v1/tus/{tus_id}": {
+            "head": {"summary": "tus: how much the server has",
+                     "parameters": [TUS_ID, TUS_RESUMABLE],
+                     "responses": {"200": {"description": "state", "headers": {
+                         **_STATE, "Upload-Length": {"schema": {"type": "integer"}}}},
+                         "404": {"description": "unknown, or another company's"},
+                         "410": {"description": "expired"}}},
+            "patch": {"summary": "tus: append bytes at Upload-Offset",
+                      "parameters": [TUS_ID, TUS_RESUMABLE,
+                                     _h("Upload-Offset", "must equal the server's offset")],
+                      "requestBody": {"required": True, "content": {
+                          "application/offset+octet-stream": {
+                              "schema": {"type": "string", "format": "binary"}}}},
+                      "responses": {"204": {"description": "stored; the last piece makes "
+                                            "it an upload (Kinko-Upload-Id)",
+                                            "headers": _STATE},
+                                    **_errors(400, 401, 404, 409, 410, 412, 413, 415, 422)}},
+            "delete": {"summary": "tus termination: discard what was received",
+                       "parameters": [TUS_ID, TUS_RESUMABLE],
+                       "responses": {"204": {"description": "deleted"},
+                                     **_errors(401, 404, 410, 412)}}},
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

@@ -7,7 +7,7 @@ from .office import DeletionRequest, DisposalRecord, NoticeState
 from .reports import MonthlyReport
 from .security import AddressFailure, PasswordHistory, Policy, RecoveryCode, WebSession
 from .system import SystemStatus
-from .uploads import PENDING_SCAN, Purpose, Status, Upload, UploadEvent
+from .uploads import PENDING_SCAN, Purpose, Status, TusPart, TusUpload, Upload, UploadEvent
 
 __all__ = [
     "PENDING_SCAN",
@@ -28,6 +28,8 @@ __all__ = [
     "Staff",
     "Status",
     "SystemStatus",
+    "TusPart",
+    "TusUpload",
     "Upload",
     "UploadEvent",
     "WebSession",

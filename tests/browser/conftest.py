@@ -18,10 +18,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
-# The session stack of the functional tests.  tests/ is on sys.path (it holds
-# a conftest.py and no __init__.py), so this is the very module pytest loaded
-# for tests/functional; the fixture is registered again for this directory.
-from functional.conftest import stack  # noqa: F401
+# The stack of the functional tests.  tests/ is on sys.path (it holds a
+# conftest.py and no __init__.py), so this is the very module pytest loaded
+# for tests/functional.  The browser's stack takes larger uploads: the
+# resumable-upload test sends 300 MiB (test_resume.py).
+from functional.harness import Stack, build_stack, teardown_stack
+
+BROWSER_MAX_UPLOAD = 320 << 20
 
 CHROMIUM = os.environ.get("KINKO_CHROMIUM", "/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +36,20 @@ CHROMIUM_ARGS = [
     "--disable-dev-shm-usage",
 ]
 JAPANESE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff]")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    if not os.path.exists("/usr/sbin/clamd"):
+        if os.environ.get("CI"):
+            pytest.fail("clamd is not installed: `make test` installs clamav-daemon")
+        pytest.skip("clamd is not installed")
+    s = build_stack(tmp_path_factory.mktemp,
+                    extra_env={"KINKO_MAX_UPLOAD_BYTES": str(BROWSER_MAX_UPLOAD)})
+    try:
+        yield s
+    finally:
+        teardown_stack(s)
 
 
 @pytest.fixture(scope="session", autouse=True)
