@@ -72,6 +72,7 @@ class Notice:
 
     to: str
     event: str  # a key of NOTICES
+    lang: str = "ja"  # the recipient's language
 
 
 NOTICES: dict[str, tuple[str, str]] = {
@@ -93,14 +94,14 @@ NOTICES: dict[str, tuple[str, str]] = {
 
 
 
-def send_notices(settings: Settings, notices: Iterable[Notice], lang: str = "ja") -> None:
+def send_notices(settings: Settings, notices: Iterable[Notice]) -> None:
     """Send the collected notices (call after the transaction committed).
 
-    Recipients read Japanese first, whoever triggered the change, so the
-    text comes from the catalogue of ``lang`` rather than the caller's UI.
+    Each in its recipient's language (``Notice.lang``, from the account),
+    whoever triggered the change and whatever their UI language.
     """
-    tr = _translations(lang)
     for notice in notices:
+        tr = _translations(notice.lang)
         subject, body = NOTICES[notice.event]
         notify.send(settings, notice.to, tr.gettext(subject), tr.gettext(body))
 
@@ -345,7 +346,7 @@ def reset_password(db: Session, audit_key: bytes, actor: Actor, kind: Kind, acco
            remote_addr=remote_addr,
            details={**_target(kind, account), "sessions_ended": ended, "unlocked": was_locked})
     if account.email:
-        outbox.append(Notice(account.email, "password_reset"))
+        outbox.append(Notice(account.email, "password_reset", account.language))
     return password
 
 
@@ -365,7 +366,7 @@ def reset_totp(db: Session, audit_key: bytes, actor: Actor, kind: Kind, account:
            remote_addr=remote_addr,
            details={**_target(kind, account), "had_totp": had, "sessions_ended": ended})
     if account.email:
-        outbox.append(Notice(account.email, "totp_reset"))
+        outbox.append(Notice(account.email, "totp_reset", account.language))
 
 
 def set_active(db: Session, audit_key: bytes, actor: Actor, kind: Kind, account: Any,

@@ -48,6 +48,7 @@ from .audit import SYSTEM, Actor, Tag, record
 from .i18n import N_
 from .i18n import translations as _translations
 from .models import ClientUser, Company, NoticeState, Staff, Status, Upload, UploadEvent
+from .models.base import aware_utc
 from .services import Services
 from .settings import Settings
 
@@ -68,8 +69,6 @@ _MIN_STEM = 3
 _MIN_SIZE = 1000
 
 
-
-
 STAFF_SUBJECT = N_("[kinko] New files from %(company)s: %(count)d")
 STAFF_ARRIVED = N_("New files have arrived from %(company)s. Number of files: %(count)d.")
 STAFF_OPEN = N_("Please sign in to the office console to check them: %(url)s")
@@ -85,9 +84,6 @@ CLIENT_OPEN = N_("Please sign in to your room to see the details: %(url)s")
 NO_PERSONAL_DATA = N_("For your protection, this notice carries no file names or other "
                       "personal data.")
 AUTOMATIC = N_("This is an automatic notice from kinko.")
-
-
-
 
 
 class NoticeRefused(Exception):  # noqa: N818 - a refusal, not a failure
@@ -158,8 +154,14 @@ def client_url(settings: Settings) -> str:
     return settings.public_url.rstrip("/") + "/"
 
 
-def staff_text(settings: Settings, company: str, count: int) -> tuple[str, str]:
-    tr = _translations(LANG)
+def recipient_lang(account: ClientUser | Staff) -> str:
+    """The language a person reads their notices in (their saved preference)."""
+    return account.language if account.language in ("ja", "en") else LANG
+
+
+def staff_text(settings: Settings, company: str, count: int,
+               lang: str = LANG) -> tuple[str, str]:
+    tr = _translations(lang)
     args = {"company": company, "count": count}
     subject = tr.gettext(STAFF_SUBJECT) % args
     body = "\n\n".join([
@@ -171,8 +173,9 @@ def staff_text(settings: Settings, company: str, count: int) -> tuple[str, str]:
     return subject, body
 
 
-def client_text(settings: Settings, company: str, counts: Counter[str]) -> tuple[str, str]:
-    tr = _translations(LANG)
+def client_text(settings: Settings, company: str, counts: Counter[str],
+                lang: str = LANG) -> tuple[str, str]:
+    tr = _translations(lang)
     lines = []
     for status, msgid in ((Status.VAULTED, CLIENT_VAULTED), (Status.INFECTED, CLIENT_INFECTED),
                           (Status.REFUSED, CLIENT_REFUSED)):
@@ -187,11 +190,6 @@ def client_text(settings: Settings, company: str, counts: Counter[str]) -> tuple
 
 
 # -- the job -------------------------------------------------------------------
-
-
-def _aware(at: datetime) -> datetime:
-    """SQLite hands back naive UTC datetimes, PostgreSQL aware ones."""
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 def _lock_state(db: Session, company_id: int, now: datetime) -> NoticeState:
@@ -212,7 +210,7 @@ def run_notices(services: Services, now: datetime | None = None,
                 actor: Actor = SYSTEM) -> int:
     """Send the notices that are due; returns how many e-mails were handed over
     (to the SMTP server, or written to the outbox)."""
-    now = _aware(now or datetime.now(UTC))
+    now = aware_utc(now or datetime.now(UTC))
     with services.sessions() as db:
         company_ids = list(db.execute(select(Company.id).order_by(Company.id)).scalars())
     mails: list[Mail] = []
@@ -254,24 +252,28 @@ def _staff_batch(services: Services, company_id: int, now: datetime,
         if company is None:
             return []
         state = _lock_state(db, company_id, now)
-        since = _aware(state.last_notified_at)
+        since = aware_utc(state.last_notified_at)
         rows = db.execute(
             select(Upload.created_at, Upload.filename, Upload.size, Upload.sha256)
             .where(Upload.company_id == company_id, Upload.created_at > since,
                    Upload.created_at <= now)
         ).all()
-        times = [_aware(r.created_at) for r in rows]
+        times = [aware_utc(r.created_at) for r in rows]
         if not _due(times, now, settings):
             return []
         count = len(rows)
-        subject, body = staff_text(settings, company.name, count)
-        refused = _compose(company, subject, body, "\n".join(staff_text(settings, "", 0)),
-                           [FileFacts(r.filename, r.size, r.sha256) for r in rows], "staff")
         staff = db.execute(select(Staff).where(Staff.active.is_(True),
                                                Staff.email.is_not(None))).scalars().all()
-        to = sorted({s.email for s in staff if s.email and s.may_serve(company_id)})
-        if refused:
-            to = []
+        langs = {s.email: recipient_lang(s) for s in staff
+                 if s.email and s.may_serve(company_id)}
+        texts: dict[str, tuple[str, str]] = {}
+        refused = None
+        for lang in sorted(set(langs.values())) or [LANG]:  # each recipient's language
+            texts[lang] = staff_text(settings, company.name, count, lang)
+            refused = refused or _compose(
+                company, *texts[lang], "\n".join(staff_text(settings, "", 0, lang)),
+                [FileFacts(r.filename, r.size, r.sha256) for r in rows], "staff")
+        to = [] if refused else sorted(langs)
         state.last_notified_at = max(times)
         details: dict[str, Any] = {"kind": "staff", "company_id": company_id, "count": count,
                                    "recipients": len(to)}
@@ -279,7 +281,7 @@ def _staff_batch(services: Services, company_id: int, now: datetime,
             details["refused"] = refused
         record(db, services.audit_key, Tag.NOTICE_SENT, actor, company_id=company_id,
                details=details)
-    return [Mail(addr, subject, body) for addr in to]
+    return [Mail(addr, *texts[langs[addr]]) for addr in to]
 
 
 def _client_batch(services: Services, company_id: int, now: datetime,
@@ -290,7 +292,7 @@ def _client_batch(services: Services, company_id: int, now: datetime,
         if company is None:
             return []
         state = _lock_state(db, company_id, now)
-        since = _aware(state.client_last_notified_at)
+        since = aware_utc(state.client_last_notified_at)
         rows = db.execute(
             select(UploadEvent.at, UploadEvent.status, Upload.id, Upload.filename, Upload.size,
                    Upload.sha256)
@@ -299,21 +301,26 @@ def _client_batch(services: Services, company_id: int, now: datetime,
                    UploadEvent.status.in_([str(s) for s in OUTCOMES]),
                    UploadEvent.at > since, UploadEvent.at <= now)
         ).all()
-        times = [_aware(r.at) for r in rows]
+        times = [aware_utc(r.at) for r in rows]
         if not _due(times, now, settings):
             return []
         outcome: dict[str, str] = {}
-        for r in sorted(rows, key=lambda r: _aware(r.at)):
+        for r in sorted(rows, key=lambda r: aware_utc(r.at)):
             outcome[r.id] = r.status  # one outcome per upload: its latest
         counts: Counter[str] = Counter(outcome.values())
-        subject, body = client_text(settings, company.name, counts)
         every: Counter[str] = Counter({s: 1 for s in OUTCOMES})
-        refused = _compose(company, subject, body, "\n".join(client_text(settings, "", every)),
-                           [FileFacts(r.filename, r.size, r.sha256) for r in rows], "client")
         users = db.execute(select(ClientUser).where(
             ClientUser.company_id == company_id, ClientUser.active.is_(True),
             ClientUser.email.is_not(None))).scalars().all()
-        to = [] if refused else sorted({u.email for u in users if u.email})
+        langs = {u.email: recipient_lang(u) for u in users if u.email}
+        texts: dict[str, tuple[str, str]] = {}
+        refused = None
+        for lang in sorted(set(langs.values())) or [LANG]:  # each recipient's language
+            texts[lang] = client_text(settings, company.name, counts, lang)
+            refused = refused or _compose(
+                company, *texts[lang], "\n".join(client_text(settings, "", every, lang)),
+                [FileFacts(r.filename, r.size, r.sha256) for r in rows], "client")
+        to = [] if refused else sorted(langs)
         state.client_last_notified_at = max(times)
         details: dict[str, Any] = {
             "kind": "client", "company_id": company_id, "count": len(outcome),
@@ -324,4 +331,4 @@ def _client_batch(services: Services, company_id: int, now: datetime,
             details["refused"] = refused
         record(db, services.audit_key, Tag.NOTICE_SENT, actor, company_id=company_id,
                details=details)
-    return [Mail(addr, subject, body) for addr in to]
+    return [Mail(addr, *texts[langs[addr]]) for addr in to]

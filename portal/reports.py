@@ -57,6 +57,7 @@ from .models import (
     Status,
     Upload,
 )
+from .models.base import aware_utc
 from .notices import (
     AUTOMATIC,
     NO_PERSONAL_DATA,
@@ -64,6 +65,7 @@ from .notices import (
     NoticeRefused,
     check_notice,
     client_url,
+    recipient_lang,
 )
 from .notices import _translations as _notice_translations
 from .pii import mask_mynumbers
@@ -169,13 +171,13 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
 
 
 def current_month(now: datetime | None = None) -> str:
-    local = _aware(now or datetime.now(UTC)).astimezone(JST)
+    local = aware_utc(now or datetime.now(UTC)).astimezone(JST)
     return f"{local.year:04d}-{local.month:02d}"
 
 
 def previous_month(now: datetime | None = None) -> str:
     """The JST month before the one ``now`` falls in: the last month that has ended."""
-    local = _aware(now or datetime.now(UTC)).astimezone(JST)
+    local = aware_utc(now or datetime.now(UTC)).astimezone(JST)
     year, mon = (local.year - 1, 12) if local.month == 1 else (local.year, local.month - 1)
     return f"{year:04d}-{mon:02d}"
 
@@ -185,13 +187,8 @@ def month_label(month: str, lang: str = "ja") -> str:
     return f"{year}年{mon}月" if lang == "ja" else f"{year}-{mon:02d}"
 
 
-def _aware(at: datetime) -> datetime:
-    """SQLite hands back naive UTC datetimes, PostgreSQL aware ones."""
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-
-
 def _iso_jst(at: datetime) -> str:
-    return _aware(at).astimezone(JST).isoformat(timespec="seconds")
+    return aware_utc(at).astimezone(JST).isoformat(timespec="seconds")
 
 
 def _people(staff: Iterable[Staff], lang: str) -> str:
@@ -301,7 +298,7 @@ def ledger_pdf(db: Session, company: Company, settings: Settings, lang: str = "j
     tr = _translations(lang)
     _ = tr.gettext
     now = now or datetime.now(UTC)
-    rows = ledger_rows(db, company, settings, lang, _aware(now).astimezone(JST).date())
+    rows = ledger_rows(db, company, settings, lang, aware_utc(now).astimezone(JST).date())
     header = [_(h) for h in (H_KIND, H_PURPOSE, H_HELD, H_RESPONSIBLE, H_ACCESS, H_STORED,
                              H_RETENTION, H_DISPOSED)]
     body = [[r.kind, r.purpose, str(r.held), r.responsible, r.access, r.stored,
@@ -565,10 +562,11 @@ class Closed:
     sent: int  # notices handed over
 
 
-def notice_text(settings: Settings, company: str, month: str) -> tuple[str, str]:
+def notice_text(settings: Settings, company: str, month: str,
+                lang: str = NOTICE_LANG) -> tuple[str, str]:
     """Subject and body of the client notice: the company and the month, nothing else."""
-    tr = _notice_translations(NOTICE_LANG)
-    args = {"company": company, "month": month_label(month, NOTICE_LANG)}
+    tr = _notice_translations(lang)
+    args = {"company": company, "month": month_label(month, lang)}
     subject = tr.gettext(NOTICE_SUBJECT) % args
     body = "\n\n".join([
         tr.gettext(NOTICE_READY) % args,
@@ -600,7 +598,7 @@ def close_month(services: Services, company: Company | int, month: str,
     commit, to every active client user with an e-mail address.
     """
     parse_month(month)
-    now = _aware(now or datetime.now(UTC))
+    now = aware_utc(now or datetime.now(UTC))
     if month > current_month(now):
         raise ReportError("future_month")
     company_id = company if isinstance(company, int) else company.id
@@ -618,12 +616,17 @@ def close_month(services: Services, company: Company | int, month: str,
                                 generated_by=actor.label[:200] or actor.kind)
             db.add(row)
             db.flush()  # a concurrent close fails here (IntegrityError)
-            subject, body = notice_text(settings, target.name, month)
-            refused = _check(db, target, month, subject, body)
             users = db.execute(select(ClientUser).where(
                 ClientUser.company_id == company_id, ClientUser.active.is_(True),
                 ClientUser.email.is_not(None))).scalars().all()
-            to = [] if refused else sorted({u.email for u in users if u.email})
+            # Each user is told in their own language.
+            langs = {u.email: recipient_lang(u) for u in users if u.email}
+            texts: dict[str, tuple[str, str]] = {}
+            refused = None
+            for lang in sorted(set(langs.values())) or [NOTICE_LANG]:
+                texts[lang] = notice_text(settings, target.name, month, lang)
+                refused = refused or _check(db, target, month, *texts[lang], lang)
+            to = [] if refused else sorted(langs)
             if to:
                 row.notified_at = now.replace(tzinfo=None)
             details: dict[str, Any] = {"report": "monthly", "month": month,
@@ -639,20 +642,21 @@ def close_month(services: Services, company: Company | int, month: str,
         if found is None:
             raise
         return Closed(found.id, month, False, 0)
-    sent = sum(notify.send(settings, addr, subject, body) for addr in to)
+    sent = sum(notify.send(settings, addr, *texts[langs[addr]]) for addr in to)
     return Closed(report_id, month, True, sent)
 
 
-def _check(db: Session, company: Company, month: str, subject: str, body: str) -> str | None:
+def _check(db: Session, company: Company, month: str, subject: str, body: str,
+           lang: str = NOTICE_LANG) -> str | None:
     """None when the notice is fit to send, else the refusal code (logged)."""
     start, end = month_bounds(month)
     files = [FileFacts(r.filename, r.size, r.sha256) for r in db.execute(
         select(Upload.filename, Upload.size, Upload.sha256)
         .where(Upload.company_id == company.id, Upload.created_at < end))]
-    blank_subject, blank_body = notice_text_blank()
+    blank_subject, blank_body = notice_text_blank(lang)
     try:
         check_notice(subject + "\n" + body, files,
-                     allowed=[company.name, month_label(month, NOTICE_LANG)],
+                     allowed=[company.name, month_label(month, lang)],
                      boilerplate=blank_subject + "\n" + blank_body)
     except NoticeRefused as exc:
         log.error("report notice for company %d refused: it would carry a %s", company.id,
@@ -661,9 +665,9 @@ def _check(db: Session, company: Company, month: str, subject: str, body: str) -
     return None
 
 
-def notice_text_blank() -> tuple[str, str]:
+def notice_text_blank(lang: str = NOTICE_LANG) -> tuple[str, str]:
     """The fixed wording of the notice, without any values (for the leak check)."""
-    tr = _notice_translations(NOTICE_LANG)
+    tr = _notice_translations(lang)
     args = {"company": "", "month": "", "url": ""}
     return (tr.gettext(NOTICE_SUBJECT) % args,
             "\n".join(tr.gettext(m) % args if "%(" in m else tr.gettext(m)
@@ -674,7 +678,7 @@ def run_monthly(services: Services, now: datetime | None = None,
                 actor: Actor = SYSTEM) -> list[Closed]:
     """The worker's job: once the JST month has ended, close it for every company
     that existed by then (each once: a closed month is skipped)."""
-    now = _aware(now or datetime.now(UTC))
+    now = aware_utc(now or datetime.now(UTC))
     month = previous_month(now)
     _start, end = month_bounds(month)
     with services.sessions() as db:

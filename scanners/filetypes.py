@@ -224,6 +224,18 @@ def _zip_verdict(
         return "zip"
 
 
+def _zip_protected(fileobj: BinaryIO, size: int, head: bytes, max_entries: int) -> bool:
+    """A ``.zip`` (not an allowed type) with any password-protected entry."""
+    if sniff(head) != "zip":
+        return False
+    declared = _declared_entries(fileobj, size)
+    if declared is not None and declared > max_entries:
+        return False
+    fileobj.seek(0)
+    with zipfile.ZipFile(fileobj) as zf:
+        return any(info.flag_bits & 0x1 for info in zf.infolist()[:max_entries])
+
+
 # -- PDF -------------------------------------------------------------------------------
 
 
@@ -283,6 +295,7 @@ def check_file(
     max_entries: int = 10000,
     max_unpacked: int = 4 << 30,
     max_entry_size: int | None = None,
+    scan_nul: bool = True,
 ) -> PolicyVerdict:
     """Decide whether an upload is an allowed, unencrypted, well-formed file.
 
@@ -296,6 +309,9 @@ def check_file(
     default ``max_entry_size`` is clamd's MaxFileSize for a cap equal to this file's
     size, which is <= the MaxFileSize of any clamd configured for the real cap (clamd
     silently truncates larger entries, see :mod:`scanners.limits`).
+
+    ``scan_nul=False`` skips the one full pass (a CSV must not contain NUL bytes): for a
+    caller that reads every byte anyway and refuses such a CSV itself.
     """
     if size <= 0:
         return _deny("empty")
@@ -310,6 +326,10 @@ def check_file(
         if not head:
             return _deny("empty")
         if expected is None:
+            if _extension(filename) == ".zip" and _zip_protected(fileobj, size, head,
+                                                                 max_entries):
+                # PPAP: say why (password) rather than only "type not allowed".
+                return _deny("encrypted")
             return _deny("type_not_allowed")
         limits = (max_entries, max_unpacked, max_entry_size)
         found = _content_kind(fileobj, size, head, expected, limits)
@@ -320,7 +340,7 @@ def check_file(
             return _deny(reason, found if found in ALLOWED_KINDS else None)
         if found == "pdf" and _pdf_encrypted(fileobj, size, head):
             return _deny("encrypted", "pdf")
-        if found == "csv" and _stream_has_nul(fileobj):
+        if found == "csv" and scan_nul and _stream_has_nul(fileobj):
             return _deny("type_not_allowed")
     except _PARSE_ERRORS:
         return _deny("malformed")

@@ -17,7 +17,7 @@ from ..models import ClientUser
 from ..services import build_services
 from ..settings import Settings
 from ..web.base import SINKS, create_base_app
-from . import account, api, auth, openapi, reports, views
+from . import account, api, auth, openapi, reports, tus, unlock, views
 
 PUBLIC = {"login", "totp", "totp_enrol", "openapi"}
 
@@ -55,8 +55,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         return redirect(url_for("index")), 303
     auth.init(app, login)
     views.init(app)
+    unlock.init(app)
     account.init(app)
     api.init(app, csrf)
+    tus.init(app, csrf)
     reports.init(app)
     openapi.init(app)
     return app

@@ -14,7 +14,7 @@ from flask_login import current_user
 
 from .. import reports
 from ..audit import Actor, Tag, record
-from ..models import Company
+from ..models import ClientUser, Company
 from ..web.base import remote_addr, services
 
 FORMATS = {"pdf": "application/pdf", "csv": "text/csv; charset=utf-8"}
@@ -39,8 +39,10 @@ def init(app: Flask) -> None:
             company = db.get(Company, current_user.company_id)
             if company is None or reports.find_closed(db, company.id, month) is None:
                 abort(404)
-            body = (reports.monthly_pdf(db, company, month) if fmt == "pdf"
-                    else reports.monthly_csv(db, company, month))
+            account = db.get(ClientUser, current_user.id)
+            lang = "en" if account is not None and account.language == "en" else "ja"
+            body = (reports.monthly_pdf(db, company, month, lang=lang) if fmt == "pdf"
+                    else reports.monthly_csv(db, company, month, lang=lang))
             record(db, svc.audit_key, Tag.REPORT_GENERATED,
                    Actor("client", current_user.id, current_user.login),
                    company_id=company.id, remote_addr=remote_addr(),

@@ -20,6 +20,7 @@ from flask_babel import gettext as _
 from flask_login import current_user
 from sqlalchemy import select
 
+from .. import opening
 from ..custody import chain_of_custody, render, scan_verdict
 from ..intake import IntakeError, active_purpose, register, reject
 from ..messages import reason_text
@@ -47,6 +48,11 @@ def current_client(svc: Services) -> ClientUser:
         return user
 
 
+def user_language(account: ClientUser) -> str:
+    """The account's saved language ("ja" unless it chose "en")."""
+    return "en" if account.language == "en" else "ja"
+
+
 def purposes(svc: Services) -> list[Purpose]:
     with svc.sessions() as db:
         return list(db.execute(select(Purpose).where(Purpose.active)
@@ -57,11 +63,13 @@ def receipt_response(upload_id: str) -> Response:
     """The receipt (受領書) of one of the caller's uploads, as a PDF attachment.
 
     Shared by the room page and the API; ``get_room_upload`` makes another
-    company's id a 404.  Japanese unless ``?lang=en`` is asked for.
+    company's id a 404.  In the signed-in user's language (their saved
+    preference, also for the API) unless ``?lang=ja|en`` asks.
     """
     svc = services()
     upload = get_room_upload(svc, upload_id)
-    lang = "en" if request.args.get("lang") == "en" else "ja"
+    asked = request.args.get("lang")
+    lang = asked if asked in ("ja", "en") else user_language(current_client(svc))
     with svc.sessions() as db:
         company = db.get(Company, upload.company_id)
         assert company is not None
@@ -123,11 +131,13 @@ def init(app: Flask) -> None:
         with svc.sessions() as db:
             request_state = deletion.latest_request(db, upload.id)
             custody = render(chain_of_custody(db, upload, str(get_locale())), _)
+            openable = opening.can_open(db, upload)
         verdict, verdict_args = scan_verdict(upload)
         return render_template("client/upload.html", upload=upload,
                                deletion_request=request_state,
                                reason_max=deletion.REASON_MAX, custody=custody,
-                               verdict=_(verdict, **verdict_args))
+                               verdict=_(verdict, **verdict_args), openable=openable,
+                               attempts_left=opening.attempts_left(upload))
 
     @app.route("/uploads/<upload_id>/receipt.pdf")
     def upload_receipt(upload_id: str) -> Any:

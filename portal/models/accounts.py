@@ -47,6 +47,8 @@ class Credentials:
     throttled_until: Mapped[datetime | None] = mapped_column()
     locked_at: Mapped[datetime | None] = mapped_column()  # cleared by a manager
     session_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    # UI, e-mail and PDF language: "ja" (default) or "en" (portal.i18n.LANGS).
+    language: Mapped[str] = mapped_column(String(8), default="ja", server_default="ja")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -27,6 +27,7 @@ from ..audit import Actor, Tag, record
 from ..auth import throttle
 from ..auth.policy import PasswordPolicy, load_policy
 from ..models import ClientUser, Company, Staff
+from ..unlock import opening_enabled, save_opening_enabled
 from ..web.base import remote_addr, services
 
 ERRORS = {
@@ -299,13 +300,31 @@ def init(app: Flask) -> None:
                 flash(error_text(exc), "error")
                 with svc.sessions() as db:
                     return render_template("office/admin/policy.html",
-                                           policy=load_policy(db)), 400
+                                           policy=load_policy(db),
+                                           opening=opening_enabled(db)), 400
             flash(_("The password policy was saved.") if changed
                   else _("Nothing was changed."), "success")
             return redirect(url_for("admin_policy"), 303)
         with svc.sessions() as db:
             policy = load_policy(db)
-        return render_template("office/admin/policy.html", policy=policy)
+            opening = opening_enabled(db)
+        return render_template("office/admin/policy.html", policy=policy, opening=opening)
+
+    @app.route("/admin/policy/password-opening", methods=["POST"])
+    @manager_required
+    def admin_password_opening() -> Any:
+        """The office setting: may clients type a protected file's password? (audited)"""
+        svc = services()
+        enabled = _checked("enabled")
+        with svc.sessions() as db, db.begin():
+            changed = save_opening_enabled(db, enabled)
+            if changed:
+                record(db, svc.audit_key, Tag.POLICY_CHANGED, actor(),
+                       remote_addr=remote_addr(),
+                       details={"policy": "password_opening", "old": {"enabled": not enabled},
+                                "new": {"enabled": enabled}, "changed": ["enabled"]})
+        flash(_("The setting was saved.") if changed else _("Nothing was changed."), "success")
+        return redirect(url_for("admin_policy"), 303)
 
 
 def _apply(db: Session, action: str, kind: accounts.Kind, account: Any,

@@ -160,8 +160,9 @@ def init(app: Flask) -> None:
             record(db, svc.audit_key, Tag.CERTIFICATE_ISSUED, actor(),
                    company_id=rec.company_id, upload_id=rec.upload_id,
                    remote_addr=remote_addr(), details={"record_id": rec.id})
-            pdf = certificate_pdf(rec, company, "ja",
-                                  purpose_label=purpose.label_ja if purpose else None)
+            lang = "en" if staff.language == "en" else "ja"  # the staff member's
+            pdf = certificate_pdf(rec, company, lang,
+                                  purpose_label=purpose.label(lang) if purpose else None)
         resp = Response(pdf, mimetype="application/pdf")
         resp.headers["Content-Disposition"] = (
             f'attachment; filename="disposal-certificate-{rec.id}.pdf"')

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response, abort, flash, redirect, render_template, request, url_for
+from flask_babel import get_locale
 from flask_babel import gettext as _
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -71,7 +72,7 @@ def init(app: Flask) -> None:
                   if exc.code == "future_month" else _("Please enter the month as YYYY-MM."),
                   "error")
             return redirect(url_for("company_reports", code=code), 303)
-        label = reports.month_label(month, "ja")
+        label = reports.month_label(month, str(get_locale()))
         if done.created:
             flash(_("The usage report for %(month)s was generated. Client users who have "
                     "an e-mail address were notified: %(count)d.", month=label,
@@ -90,8 +91,9 @@ def init(app: Flask) -> None:
             abort(404)
         with svc.sessions() as db, db.begin():
             company = served_company(db, me(db), code)
-            body = (reports.monthly_pdf(db, company, month) if fmt == "pdf"
-                    else reports.monthly_csv(db, company, month))
+            lang = "en" if me(db).language == "en" else "ja"  # the staff member's
+            body = (reports.monthly_pdf(db, company, month, lang=lang) if fmt == "pdf"
+                    else reports.monthly_csv(db, company, month, lang=lang))
             record(db, svc.audit_key, Tag.REPORT_GENERATED, actor(), company_id=company.id,
                    remote_addr=remote_addr(),
                    details={"report": "monthly", "month": month, "format": fmt})
@@ -104,8 +106,9 @@ def init(app: Flask) -> None:
             abort(404)
         with svc.sessions() as db, db.begin():
             company = served_company(db, me(db), code)
-            body = (reports.ledger_pdf(db, company, svc.settings) if fmt == "pdf"
-                    else reports.ledger_csv(db, company, svc.settings))
+            lang = "en" if me(db).language == "en" else "ja"  # the staff member's
+            body = (reports.ledger_pdf(db, company, svc.settings, lang=lang) if fmt == "pdf"
+                    else reports.ledger_csv(db, company, svc.settings, lang=lang))
             record(db, svc.audit_key, Tag.REPORT_GENERATED, actor(), company_id=company.id,
                    remote_addr=remote_addr(), details={"report": "ledger", "format": fmt})
         day = datetime.now(UTC).astimezone(JST).date().isoformat()

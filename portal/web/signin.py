@@ -32,7 +32,7 @@ from ..auth.passwords import hash_password, verify_password
 from ..auth.policy import load_policy, problems
 from ..auth.principal import Principal
 from ..models import ClientUser, Company, PasswordHistory, Staff, utcnow
-from .base import _safe_next, remote_addr, services
+from .base import LANGS, _safe_next, remote_addr, services, set_language_cookie
 
 PENDING = "kinko_pending"
 ENROL_NONCE = "kinko_enrol_nonce"
@@ -284,15 +284,17 @@ def complete(kind: str, account_id: int) -> Any:
                                user_agent=request.headers.get("User-Agent", ""),
                                absolute=timedelta(hours=svc.settings.session_absolute_hours))
         who = principal(kind, account, token, needs_change(db, account))
+        language = account.language if account.language in LANGS else "ja"
         record(db, svc.audit_key, Tag.CLIENT_LOGIN if kind == "client" else Tag.OFFICE_LOGIN,
                actor_of(kind, account), company_id=company_of(kind, account),
                remote_addr=remote_addr())
     session.clear()
     login_user(who)
     session.permanent = True
-    if who.must_change:
-        return redirect(url_for("change_password"))
-    return redirect(nxt or url_for("index"))
+    # The account's saved language from now on (pages, e-mails and PDFs alike).
+    resp = redirect(url_for("change_password") if who.must_change else nxt or url_for("index"))
+    set_language_cookie(resp, language)
+    return resp
 
 
 def end_session() -> None:

@@ -1,0 +1,234 @@
+"""Opening a kept password-protected upload with the password the client typed.
+
+The flow (client app, which holds the drop-zone key):
+
+1. the scan refused the upload as ``encrypted`` and, the office setting
+   being on, kept its encrypted drop-zone object until ``unlock_until``
+   (:func:`portal.pipeline._finish_rejected`);
+2. :func:`open_upload` decrypts that object into memory (at most
+   :data:`portal.unlock.MAX_IN_MEMORY`; the digest must match), opens it with
+   the password (:func:`portal.unlock.open_protected`) and seals each
+   unprotected file into a *new* drop-zone object through the normal intake
+   path (:class:`portal.intake.IntakeSink`, :func:`portal.intake.register`):
+   a new upload, linked by ``opened_from``, scanned by clamd like any other;
+3. the protected original's encrypted copy is deleted, and the opening is
+   audited (``client:upload:opened_with_password``: which uploads came out,
+   never the password or a file name).
+
+A wrong password is audited (``client:upload:open_failed``) and counted; the
+:data:`~portal.unlock.MAX_ATTEMPTS`-th discards the protected file.  The
+reconciler (:func:`expire_kept`) deletes kept copies past their time, kept
+copies whose opening crashed half-way (their new uploads exist), and every
+kept copy once the office turns the setting off.
+
+The password is a local variable of :func:`open_upload` only: it is never
+logged, queued, stored or audited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from storage.errors import IntegrityError, ObjectNotFoundError
+
+from .audit import SYSTEM, Actor, Tag, record
+from .intake import IntakeError, IntakeSink, client_actor, register
+from .models import ClientUser, Status, Upload, utcnow
+from .models.base import aware_utc
+from .pipeline import COPY_CHUNK, _drop_dropzone_copy, _open_dropzone
+from .services import Services
+from .unlock import MAX_ATTEMPTS, MAX_IN_MEMORY, UnlockError, open_protected, opening_enabled
+
+
+class WrongPasswordError(UnlockError):
+    """The password did not open the file; ``left`` attempts remain (0: discarded)."""
+
+    def __init__(self, left: int) -> None:
+        super().__init__("wrong_password" if left else "attempts_exhausted")
+        self.left = left
+
+
+def _has_children(db: Session, upload_id: str) -> bool:
+    return db.execute(select(Upload.id).where(Upload.opened_from == upload_id)
+                      .limit(1)).first() is not None
+
+
+def can_open(db: Session, upload: Upload) -> bool:
+    """Whether the room may offer the password field for ``upload``."""
+    return (upload.status == Status.REFUSED and upload.reason == "encrypted"
+            and upload.dropzone_key is not None and upload.unlock_until is not None
+            and aware_utc(upload.unlock_until) > utcnow()
+            and upload.unlock_attempts < MAX_ATTEMPTS
+            and opening_enabled(db) and not _has_children(db, upload.id))
+
+
+def attempts_left(upload: Upload) -> int:
+    return max(0, MAX_ATTEMPTS - (upload.unlock_attempts or 0))
+
+
+def open_upload(services: Services, user: ClientUser, upload_id: str, password: str,
+                remote_addr: str | None) -> list[str]:
+    """Open the caller's kept protected upload; returns the new uploads' ids.
+
+    Raises :class:`UnlockError` (``not_available``, ``too_large``,
+    ``damaged``, the opener's codes) or :class:`WrongPasswordError`; every
+    failure is audited first.  The caller checks ownership.
+    """
+    actor = client_actor(user)
+    with services.sessions() as db:
+        upload = db.get(Upload, upload_id)
+        mine = upload is not None and upload.company_id == user.company_id
+        available = upload is not None and mine and can_open(db, upload)
+        if upload is not None:
+            filename, size, sha256 = upload.filename, upload.size, upload.sha256
+            purpose_code = upload.purpose_code
+    if not available:  # audited outside the read session (one writer at a time)
+        _fail(services, actor, upload_id if mine else None, user.company_id,
+              "not_available", remote_addr)
+        raise UnlockError("not_available")
+    if size > MAX_IN_MEMORY:
+        _fail(services, actor, upload_id, user.company_id, "too_large", remote_addr)
+        raise UnlockError("too_large")
+    try:
+        data = _read_plaintext(services, upload_id, size, sha256)
+    except (IntegrityError, ObjectNotFoundError):
+        _fail(services, actor, upload_id, user.company_id, "damaged", remote_addr)
+        raise UnlockError("damaged") from None
+    try:
+        opened = open_protected(data, filename, password)
+    except UnlockError as exc:
+        if exc.code == "wrong_password":
+            left = _wrong_password(services, actor, upload_id, user.company_id, remote_addr)
+            raise WrongPasswordError(left) from None
+        _fail(services, actor, upload_id, user.company_id, exc.code, remote_addr)
+        raise
+    finally:
+        del data
+    new_ids = []
+    for item in opened:
+        if not item.data:
+            continue  # an empty entry: nothing to keep
+        new_ids.append(_intake(services, user, upload_id, item.filename, item.data,
+                               purpose_code, remote_addr))
+    with services.sessions() as db, db.begin():
+        row = db.get(Upload, upload_id)
+        assert row is not None
+        row.unlock_until = None
+        record(db, services.audit_key, Tag.UPLOAD_OPENED, actor, company_id=user.company_id,
+               upload_id=upload_id, remote_addr=remote_addr,
+               details={"opened_into": new_ids, "files": len(new_ids)})
+    _drop_dropzone_copy(services, upload_id)
+    return new_ids
+
+
+def _read_plaintext(services: Services, upload_id: str, size: int, sha256: str) -> bytes:
+    """The whole decrypted drop-zone object, in memory; its digest must match."""
+    with services.sessions() as db:
+        upload = db.get(Upload, upload_id)
+        assert upload is not None
+        reader = _open_dropzone(services, upload)
+    buf = bytearray()
+    digest = hashlib.sha256()
+    with contextlib.closing(reader):
+        for chunk in reader.iter_chunks(COPY_CHUNK):
+            buf += chunk
+            digest.update(chunk)
+            if len(buf) > min(size, MAX_IN_MEMORY):
+                raise IntegrityError("drop-zone object longer than recorded")
+    if digest.hexdigest() != sha256:
+        raise IntegrityError("drop-zone plaintext differs from the recorded digest")
+    return bytes(buf)
+
+
+def _intake(services: Services, user: ClientUser, original: str, filename: str, data: bytes,
+            purpose_code: str, remote_addr: str | None) -> str:
+    """Seal one unprotected file into a new upload (encrypted before it is written)."""
+    sink = IntakeSink(services, services.settings.max_upload_bytes)
+    try:
+        for start in range(0, len(data), COPY_CHUNK):
+            sink.write(data[start:start + COPY_CHUNK])
+        received = sink.finish()
+    except BaseException:
+        sink.abort()
+        raise
+
+    def link(db: Session, new_id: str) -> None:
+        row = db.get(Upload, new_id)
+        assert row is not None
+        row.opened_from = original
+
+    try:
+        return register(services, received, user=user, filename=filename,
+                        purpose_code=purpose_code, remote_addr=remote_addr, claim=link).id
+    except IntakeError:
+        raise
+    except BaseException:
+        services.dropzone.delete(received.key)  # with ``claim`` the object is ours
+        raise
+
+
+def _fail(services: Services, actor: Actor, upload_id: str | None, company_id: int,
+          code: str, remote_addr: str | None) -> None:
+    with services.sessions() as db, db.begin():
+        record(db, services.audit_key, Tag.UPLOAD_OPEN_FAILED, actor, company_id=company_id,
+               upload_id=upload_id, remote_addr=remote_addr, details={"reason": code})
+
+
+def _wrong_password(services: Services, actor: Actor, upload_id: str, company_id: int,
+                    remote_addr: str | None) -> int:
+    """Count one wrong password; the last allowed one discards the file.  Returns
+    the attempts left."""
+    with services.sessions() as db, db.begin():
+        row = db.execute(select(Upload).where(Upload.id == upload_id)
+                         .with_for_update()).scalar_one()
+        row.unlock_attempts = (row.unlock_attempts or 0) + 1
+        left = attempts_left(row)
+        record(db, services.audit_key, Tag.UPLOAD_OPEN_FAILED, actor, company_id=company_id,
+               upload_id=upload_id, remote_addr=remote_addr,
+               details={"reason": "wrong_password", "attempt": row.unlock_attempts,
+                        "left": left})
+        if left == 0:
+            row.unlock_until = None
+            record(db, services.audit_key, Tag.UPLOAD_PROTECTED_DISCARDED, SYSTEM,
+                   company_id=company_id, upload_id=upload_id, details={"why": "attempts"})
+    if left == 0:
+        _drop_dropzone_copy(services, upload_id)
+    return left
+
+
+def expire_kept(services: Services, now: datetime | None = None) -> list[str]:
+    """Delete kept protected copies that are past their time, already opened, or
+    kept while the setting is now off.  Audited; returns the upload ids."""
+    now = now or utcnow()
+    with services.sessions() as db:
+        enabled = opening_enabled(db)
+        query = select(Upload.id, Upload.unlock_until).where(Upload.unlock_until.is_not(None))
+        if enabled:
+            opened = select(Upload.opened_from).where(Upload.opened_from.is_not(None))
+            query = query.where(or_(Upload.unlock_until <= now.replace(tzinfo=None),
+                                    Upload.id.in_(opened)))
+        rows = db.execute(query.limit(500)).all()
+    done = []
+    for upload_id, _until in rows:
+        with services.sessions() as db, db.begin():
+            row = db.get(Upload, upload_id)
+            if row is None or row.unlock_until is None:
+                continue
+            why = ("setting_off" if not enabled else
+                   "opened" if _has_children(db, upload_id) else "expired")
+            row.unlock_until = None
+            record(db, services.audit_key, Tag.UPLOAD_PROTECTED_DISCARDED, SYSTEM,
+                   company_id=row.company_id, upload_id=upload_id, details={"why": why})
+        _drop_dropzone_copy(services, upload_id)
+        done.append(upload_id)
+    return done
+
+
+__all__: list[Any] = ["WrongPasswordError", "attempts_left", "can_open", "expire_kept",
+                      "open_upload"]
