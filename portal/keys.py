@@ -11,6 +11,15 @@
 The client-facing process never opens ``vault.key``: it can seal to the
 vault but never open it.  ``KINKO_VAULT_PRIVATE_KEY`` may point the office
 side at a key kept elsewhere (another user's file, a mounted secret).
+
+With ``KINKO_DROPZONE_KMS_KEY`` / ``KINKO_VAULT_KMS_KEY`` the keys live in AWS
+KMS instead (``storage.kms``): new objects are wrapped by the KMS key, the
+key files (if present) stay in the ring so that older objects still open.
+
+| KMS use         | client app    | worker          | office app / CLI |
+|-----------------|---------------|-----------------|------------------|
+| drop-zone key   | Encrypt (+ Decrypt of ``tus/*`` parts) | Encrypt+Decrypt | Encrypt+Decrypt |
+| vault key       | - (no call)   | Encrypt         | Decrypt+Encrypt (rewrap) |
 """
 
 from __future__ import annotations
@@ -18,8 +27,10 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
-from storage.keys import SymmetricKey, VaultPrivateKey, VaultPublicKey
+from storage.keys import KeyUnwrapper, KeyWrapper, SymmetricKey, VaultPrivateKey, VaultPublicKey
+from storage.kms import DataKeyring, KeyRing, KmsClient, KmsUnwrapper, KmsWrapper, make_kms_client
 
 from .settings import Settings
 
@@ -60,6 +71,69 @@ def load_vault_private(settings: Settings) -> VaultPrivateKey:
     if not path.exists():
         raise KeyFileError(f"{path} is missing: the vault private key is not available")
     return VaultPrivateKey.load(path)
+
+
+def kms_client(settings: Settings, role: str) -> KmsClient:
+    """A KMS client with the role's credentials (``KINKO_KMS_PROFILE_<ROLE>``)."""
+    return make_kms_client(profile=settings.kms_profile(role))
+
+
+def dropzone_keyring(settings: Settings, role: str,
+                     kms: KmsClient | None = None) -> DataKeyring:
+    """The drop-zone key of a role: the key file, or KMS (+ the key file for old objects).
+
+    The client app reads back its own resumable-upload parts (``tus/...``) to assemble
+    them, so its ring can unwrap too; its IAM policy limits ``kms:Decrypt`` to those
+    (condition on the encryption context, see docs/deploy.md).
+    """
+    if not settings.dropzone_kms_key:
+        return load_dropzone_key(settings)
+    kms = kms if kms is not None else kms_client(settings, role)
+    wrapper = KmsWrapper(kms, settings.dropzone_kms_key)
+    wrapper.resolve()  # fail closed at start: missing, disabled or unusable key
+    unwrappers: list[KeyUnwrapper] = [KmsUnwrapper(kms)]
+    if (settings.keys_dir / DROPZONE).exists():
+        unwrappers.append(load_dropzone_key(settings))
+    return KeyRing(wrapper, unwrappers)
+
+
+def vault_wrapper(settings: Settings, role: str, kms: KmsClient | None = None) -> KeyWrapper:
+    """What seals to the vault: ``vault.pub``, or the vault KMS key (Encrypt only).
+
+    The client app never seals to the vault, so with KMS it never even resolves the key.
+    """
+    if not settings.vault_kms_key:
+        return load_vault_public(settings)
+    if role == "client":
+        return KmsWrapper(_NoKms(), settings.vault_kms_key)
+    wrapper = KmsWrapper(kms if kms is not None else kms_client(settings, role),
+                         settings.vault_kms_key)
+    wrapper.resolve()
+    return wrapper
+
+
+class _NoKms:
+    """The client app's stand-in for a KMS client on the vault key: any use is a bug."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise PermissionError("the client app never uses the vault key")
+
+
+def needs_kms(settings: Settings, role: str) -> bool:
+    """Whether this role calls KMS at all (the client app only for the drop zone)."""
+    return bool(settings.dropzone_kms_key or (settings.vault_kms_key and role != "client"))
+
+
+def vault_unwrapper(settings: Settings, kms: KmsClient | None = None) -> KeyUnwrapper:
+    """Office side only: what opens vault objects (``vault.key``, or KMS + ``vault.key``
+    if it is still there for objects sealed before the switch)."""
+    if not settings.vault_kms_key:
+        return load_vault_private(settings)
+    unwrappers: list[KeyUnwrapper] = [
+        KmsUnwrapper(kms if kms is not None else kms_client(settings, "office"))]
+    if vault_private_path(settings).exists():
+        unwrappers.append(load_vault_private(settings))
+    return KeyRing(None, unwrappers)
 
 
 def load_secret(settings: Settings, name: str) -> bytes:

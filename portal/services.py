@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from scanners.clamd import ClamdClient
 from storage.base import Storage
-from storage.keys import SymmetricKey, VaultPrivateKey, VaultPublicKey
+from storage.keys import KeyUnwrapper, KeyWrapper
+from storage.kms import DataKeyring
 
 from . import keys
 from .backends import open_storage
@@ -46,9 +47,11 @@ class Services:
     sessions: sessionmaker[Session]
     dropzone: Storage
     vault: Storage
-    dropzone_key: SymmetricKey
-    vault_public: VaultPublicKey
-    vault_private: VaultPrivateKey | None
+    # Key files (SymmetricKey, VaultPublicKey, VaultPrivateKey) or, with KMS custody,
+    # storage.kms wrappers and key rings (see portal.keys).
+    dropzone_key: DataKeyring
+    vault_public: KeyWrapper
+    vault_private: KeyUnwrapper | None
     audit_key: bytes
     enqueue: Enqueuer
     scanner_factory: Callable[[], ClamdClient | None]
@@ -75,12 +78,13 @@ def clamd_address(settings: Settings) -> str | None:
 
 
 def build_services(settings: Settings, role: Role, enqueue: Enqueuer | None = None) -> Services:
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms)
 
     def scanner() -> ClamdClient | None:
         address = clamd_address(settings)
         return ClamdClient(address, timeout=settings.scan_timeout) if address else None
 
+    kms = keys.kms_client(settings, role) if keys.needs_kms(settings, role) else None
     return Services(
         settings=settings,
         role=role,
@@ -90,9 +94,9 @@ def build_services(settings: Settings, role: Role, enqueue: Enqueuer | None = No
         # needs no vault credentials at all): only the worker and the office.
         vault=(open_storage(settings.vault_url, profile=settings.vault_aws_profile)
                if role != "client" else cast(Storage, _NoVault())),
-        dropzone_key=keys.load_dropzone_key(settings),
-        vault_public=keys.load_vault_public(settings),
-        vault_private=keys.load_vault_private(settings) if role == "office" else None,
+        dropzone_key=keys.dropzone_keyring(settings, role, kms),
+        vault_public=keys.vault_wrapper(settings, role, kms),
+        vault_private=keys.vault_unwrapper(settings, kms) if role == "office" else None,
         audit_key=keys.load_secret(settings, keys.AUDIT),
         enqueue=enqueue or NullEnqueuer(),
         scanner_factory=scanner,

@@ -262,7 +262,10 @@ def open_envelope(
         if wrapped_key is None:
             if header.wrapped_key is None:
                 raise IntegrityError("detached envelope: the wrapped key must be supplied")
-            if header.key_id != unwrapper.key_id or header.wrap != unwrapper.scheme:
+            select = getattr(unwrapper, "unwrapper_for", None)
+            if select is not None:  # a key ring (rotation): the header names the key
+                unwrapper = select(header.key_id, header.wrap)
+            elif header.key_id != unwrapper.key_id or header.wrap != unwrapper.scheme:
                 raise IntegrityError("envelope was wrapped for a different key")
             wrapped_key = header.wrapped_key
         data_key = unwrapper.unwrap(wrapped_key, object_id)

@@ -120,6 +120,29 @@ class MotoServer:
             client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
         return name
 
+    def create_kms_key(self, stack: str, **credentials: str) -> str:
+        """Create a symmetric KMS key through a CloudFormation stack; returns its ARN.
+
+        Moto keeps serving ``Decrypt`` for disabled and pending-deletion keys; deleting
+        the stack (:meth:`delete_kms_key`) removes the key for real, so a test can prove
+        that nothing needs it any more.
+        """
+        import json
+
+        # The policy as a JSON string: moto's DescribeKey parses the stored policy.
+        template = {"Resources": {"Key": {"Type": "AWS::KMS::Key", "Properties": {
+            "KeyPolicy": json.dumps({"Version": "2012-10-17", "Statement": []})}}}}
+        cfn = self.boto_client("cloudformation", **credentials)
+        cfn.create_stack(StackName=stack, TemplateBody=json.dumps(template))
+        resources = cfn.describe_stack_resources(StackName=stack)["StackResources"]
+        key_id = resources[0]["PhysicalResourceId"]
+        return str(self.boto_client("kms", **credentials)
+                   .describe_key(KeyId=key_id)["KeyMetadata"]["Arn"])
+
+    def delete_kms_key(self, stack: str, **credentials: str) -> None:
+        """Delete the stack of :meth:`create_kms_key`, and with it the key."""
+        self.boto_client("cloudformation", **credentials).delete_stack(StackName=stack)
+
     def set_auth(self, enforce: bool) -> None:
         """Turn moto's IAM enforcement on (every request needs a real IAM key) or off."""
         data = b"0" if enforce else b"inf"
