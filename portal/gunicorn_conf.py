@@ -10,7 +10,13 @@ _settings = Settings.from_env()
 
 worker_class = "gthread"
 workers = 2
-threads = 8
+# Every connection that has started a request holds a thread until the request
+# is done, however slowly its headers or body arrive (gunicorn has no header
+# timeout), so the thread count is the number of slow clients the app can
+# hold while still serving others: 2 × 64 (KINKO_WEB_THREADS).  With 8 threads,
+# 16 slow connections stopped every upload (tests/functional/test_load.py).
+# Idle threads cost next to nothing; see docs/deploy.md "Slow clients".
+threads = _settings.web_threads
 timeout = 120
 graceful_timeout = 20
 keepalive = 5

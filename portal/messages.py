@@ -40,7 +40,43 @@ REASONS = {
     "not_clean": _l("Only files that were scanned clean can be moved into the vault."),
     "not_vaulted": _l("The file is not in the vault."),
     "not_found": _l("Not found."),
+    "storage_full": _l("There is not enough storage space to receive this file right now. "
+                       "Nothing was kept; please try again later or contact the office."),
+    "storage_unavailable": _l("The file could not be stored because storage is unavailable "
+                              "right now. Nothing was kept; please try again in a few "
+                              "minutes."),
 }
+
+
+# Opening a password-protected upload with its password (portal.opening).
+UNLOCK_REASONS = {
+    "wrong_password": _l("The password is not correct. Please check it and try again."),
+    "attempts_exhausted": _l("The password was wrong too many times, so the "
+                             "password-protected file was deleted. Please save the file "
+                             "without a password and upload it again."),
+    "no_password": _l("Please enter the file's password."),
+    "not_available": _l("This file can no longer be opened with a password (it was opened "
+                        "already, or it was kept for 24 hours only). Please save the file "
+                        "without a password and upload it again."),
+    "too_large": _l("The file is too large to be opened with a password here (at most "
+                    "200 MB). Please save it without a password and upload it again."),
+    "too_many_entries": _l("The ZIP file holds too many files (at most 20). Please upload "
+                           "the files separately, without a password."),
+    "odf_unsupported": _l("Password-protected ODF files (such as .ods) cannot be opened "
+                          "here. Please save the file without a password (in LibreOffice: "
+                          "File › Save As, with Save with password left unticked) and "
+                          "upload it again."),
+    "unsupported": _l("This file cannot be opened with a password here. Please save it "
+                      "without a password and upload it again."),
+    "malformed": _l("The file appears to be damaged and cannot be opened."),
+    "damaged": _l("The file was damaged while being stored. Please upload it again."),
+    "nothing_inside": _l("The file had nothing inside that could be kept."),
+}
+
+
+def unlock_text(code: str) -> str:
+    text = UNLOCK_REASONS.get(code) or UNLOCK_REASONS["unsupported"]
+    return str(text)
 
 
 def reason_text(code: str | None) -> str:

@@ -135,7 +135,12 @@ class LocalStorage:
         except BaseException:
             # Nothing may become visible: drop both partials (the old object is untouched
             # because nothing was renamed over it yet, or the rename failed atomically).
-            stream.close()
+            # Closing flushes the buffer, which fails again on a full disk: the
+            # partials must be removed all the same (they are what fills it).
+            try:
+                stream.close()
+            except OSError:
+                pass
             for leftover in (data_partial, meta_partial):
                 try:
                     leftover.unlink()

@@ -5,14 +5,21 @@
 * Werkzeug never spools a multipart file to /tmp: files go to the app's
   sink factory (the client app encrypts them; the office app accepts none);
 * security headers on every response; a generic error page with a reference
-  id, never a traceback; CSRF on every state-changing request.
+  id, never a traceback; CSRF on every state-changing request;
+* a locked or unreachable database gives 503 with Retry-After, never a 500;
+  a refused upload's unread body is drained (bounded) so the client reads
+  the answer.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import ipaddress
 import logging
 import secrets
+import sys
+import time
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +32,7 @@ from flask import (
     current_app,
     g,
     jsonify,
+    make_response,
     redirect,
     render_template,
     request,
@@ -34,6 +42,8 @@ from flask_babel import Babel, get_locale
 from flask_babel import gettext as _
 from flask_login import LoginManager, current_user
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from ..audit import Actor, Tag, record
@@ -45,6 +55,13 @@ from ..settings import Settings
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 JST = ZoneInfo("Asia/Tokyo")
+RETRY_AFTER_S = 5  # Retry-After of a 503 while the database is locked or unreachable
+# A refusal (503 or 507 for storage, a redirect back to the room with the
+# reason, ...) sent while the client is still sending its body: read (and drop)
+# the rest first, up to this much, so that the client reads the answer rather
+# than a connection reset (gunicorn itself drains only 64 KiB, then closes).
+DRAIN_MAX_BYTES = 64 << 20
+DRAIN_MAX_SECONDS = 30.0
 LANGS = ("ja", "en")
 SINKS = "kinko.sink_factory"
 
@@ -61,10 +78,32 @@ class KinkoRequest(Request):
         return factory()
 
 
+MMAP_THRESHOLD = 128 * 1024
+
+
+def release_big_buffers() -> None:
+    """Let glibc give every buffer of 128 KiB or more back to the system at once.
+
+    A request body is read in 1 MiB chunks.  glibc serves such blocks with mmap
+    and unmaps them when freed, until its *dynamic* threshold rises past them
+    (it does after the first free); from then on they come from the heap, and
+    freed heap memory mostly stays in RSS.  A fixed threshold keeps the web
+    workers flat and a few MB lower (docs/performance.md).  No-op elsewhere.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return
+    mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
+
+
 def create_base_app(name: str, settings: Settings, services: Services, *, kind: str,
                     cookie: str, session_minutes: int, public: Iterable[str],
                     allowed_networks: Iterable[str] | None = None,
                     ) -> tuple[Flask, LoginManager, CSRFProtect]:
+    release_big_buffers()
     app = Flask(name, template_folder=str(ROOT / "templates"),
                 static_folder=str(ROOT / "static"))
     app.request_class = KinkoRequest
@@ -152,8 +191,27 @@ def create_base_app(name: str, settings: Settings, services: Services, *, kind: 
     def set_language(code: str) -> Any:
         resp = redirect(_safe_next(request.form.get("next")) or url_for("index"))
         if code in LANGS:
-            resp.set_cookie("kinko_lang", code, max_age=365 * 86400, secure=True,
-                            httponly=True, samesite="Lax")
+            set_language_cookie(resp, code)
+            user = current_user
+            if user.is_authenticated and getattr(user, "kind", None) == kind:
+                # Signed in: the choice is the account's, for its e-mails and PDFs too.
+                save_language(services, user.kind, user.id, code, remote_addr())
+        return resp
+
+    @app.after_request
+    def _drain_refused_body(resp: Any) -> Any:
+        if resp.status_code == 503:  # storage or database: worth retrying soon
+            resp.headers.setdefault("Retry-After", str(RETRY_AFTER_S))
+        # Only refusals of an upload under way (a sink was opened, or storage or
+        # the database failed): an anonymous request is never read further.
+        refused_upload = resp.status_code in (503, 507) or \
+            (resp.status_code >= 300 and bool(g.get("kinko_sinks")))
+        length = request.content_length
+        if refused_upload and length and length <= DRAIN_MAX_BYTES:
+            deadline = time.monotonic() + DRAIN_MAX_SECONDS
+            with contextlib.suppress(Exception):  # a client that went away: nothing to do
+                while time.monotonic() < deadline and request.stream.read(1 << 20):
+                    pass
         return resp
 
     @app.teardown_request
@@ -163,6 +221,27 @@ def create_base_app(name: str, settings: Settings, services: Services, *, kind: 
                 sink.abort()
 
     return app, login, csrf
+
+
+def set_language_cookie(resp: Any, code: str) -> None:
+    resp.set_cookie("kinko_lang", code, max_age=365 * 86400, secure=True,
+                    httponly=True, samesite="Lax")
+
+
+def save_language(svc: Services, kind: str, account_id: int, code: str,
+                  addr: str | None) -> None:
+    """Store ``code`` as the account's language (audited when it changes)."""
+    from ..models import ClientUser, Staff
+
+    model: Any = ClientUser if kind == "client" else Staff
+    with svc.sessions() as db, db.begin():
+        account = db.get(model, account_id)
+        if account is None or account.language == code:
+            return
+        old, account.language = account.language, code
+        record(db, svc.audit_key, Tag.LANGUAGE_CHANGED, Actor(kind, account.id, account.login),
+               company_id=getattr(account, "company_id", None), remote_addr=addr,
+               details={"old": old, "new": code})
 
 
 def _safe_next(target: str | None) -> str | None:
@@ -250,6 +329,11 @@ def _install_errors(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:
+        # A database error outside the view (opening or saving the session)
+        # reaches Flask as a 500 wrapping it: still a 503, not a 500.
+        original = getattr(exc, "original_exception", None)
+        if isinstance(original, (OperationalError, PoolTimeoutError)):
+            return database_busy(original)
         status = exc.code or 500
         messages: dict[int, Callable[[], str]] = {
             400: lambda: _("The request could not be understood."),
@@ -261,6 +345,24 @@ def _install_errors(app: Flask) -> None:
         msg = messages.get(status, lambda: _("The request could not be completed."))()
         code = {413: "too_large", 404: "not_found"}.get(status, f"http_{status}")
         return error_response(status, code, msg)
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(PoolTimeoutError)
+    def database_busy(exc: Exception) -> Any:
+        # "database is locked" past KINKO_DB_BUSY_TIMEOUT_MS, a lock or
+        # statement timeout, a lost connection: the request did nothing
+        # (its transaction rolled back), so the client may simply retry.
+        ref = secrets.token_hex(6)
+        log.warning("database unavailable ref=%s on %s %s: %s", ref, request.method,
+                    request.path, type(exc).__name__)
+        # The page must not need the database either: Flask-Login's template
+        # context would load the user again, so it sees an anonymous one.
+        g._login_user = current_app.login_manager.anonymous_user()  # type: ignore[attr-defined]
+        resp = make_response(error_response(503, "unavailable", _(
+            "The service is busy right now. Nothing was changed; please try again in a "
+            "moment.")))
+        resp.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return resp
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Any:
