@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export KINKO_HOME ?= $(CURDIR)/instance
 
-.PHONY: run test unit functional lint typecheck catalog extract system-deps bench clean
+.PHONY: run test unit functional functional-scale lint typecheck catalog extract system-deps bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,14 +35,20 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The whole suite on the embedded default, then the functional suite again on
+# the scale-out profile: PostgreSQL + S3 (moto) + Redis, started by the tests.
 test: system-deps $(STAMP) catalog lint typecheck
 	$(BIN)/pytest
+	KINKO_TEST_PROFILE=scale $(BIN)/pytest tests/functional
 
 unit: $(STAMP) catalog
 	$(BIN)/pytest tests/unit
 
 functional: system-deps $(STAMP) catalog
 	$(BIN)/pytest tests/functional
+
+functional-scale: system-deps $(STAMP) catalog
+	KINKO_TEST_PROFILE=scale $(BIN)/pytest tests/functional
 
 # Benchmarks (docs/performance.md): ratios against references measured in the same run.
 # Scale knobs: KINKO_BENCH_SIZE_MB, KINKO_BENCH_BIG_MB (1024 = the full run), ...

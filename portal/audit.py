@@ -56,6 +56,7 @@ class Tag(StrEnum):
     FILE_VAULTED = "office:file:vaulted"
     FILE_DOWNLOADED = "office:file:downloaded"
     FILE_DOWNLOAD_REFUSED = "office:file:download_refused"
+    VAULT_VERIFIED = "office:vault:verified"
     COMPANY_CREATED = "office:company:created"
     CLIENT_USER_CREATED = "office:client_user:created"
     STAFF_CREATED = "office:staff:created"
@@ -100,6 +101,12 @@ class Tag(StrEnum):
     INCIDENT_EXPORTED = "office:incident:exported"
     # reports (issue: ledger and monthly usage report)
     REPORT_GENERATED = "office:report:generated"
+    # opening a password-protected upload with its password (issue 6); the
+    # password itself is never recorded
+    UPLOAD_OPENED = "client:upload:opened_with_password"
+    UPLOAD_OPEN_FAILED = "client:upload:open_failed"
+    UPLOAD_PROTECTED_DISCARDED = "system:upload:protected_discarded"
+    LANGUAGE_CHANGED = "account:language:changed"
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,10 @@ def main() -> None:
     os.umask(0o077)  # keys, database and instance files are for this user only
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Library chatter ("Found credentials in environment variables") would
+    # bury the one-line answers scripts read from stderr.
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @main.command()
@@ -452,6 +456,22 @@ def vault_get(upload_id: str, staff_login: str, purpose: str, output: Path) -> N
     click.echo(f"{upload_id} written to {output}")
 
 
+@vault.command("verify")
+@click.option("--staff", "staff_login", required=True)
+def vault_verify(staff_login: str) -> None:
+    """Decrypt every vaulted file in memory and check its SHA-256 (the restore drill)."""
+    from .drill import verify_vault
+    svc = _office()
+    with svc.sessions() as db:
+        actor = _cli_actor(_staff(db, staff_login))
+    report = verify_vault(svc, actor)
+    for upload_id, problem in report.failed:
+        click.echo(f"{upload_id} FAILED: {problem}")
+    if not report.ok:
+        raise CliError(f"{len(report.failed)} of {report.checked} vaulted files failed")
+    click.echo(f"{report.checked} vaulted files decrypt to their SHA-256")
+
+
 # -- disposal ----------------------------------------------------------------
 # The CLI is the office's local admin tool (it runs where KINKO_HOME and the
 # vault private key are): it cannot ask for a TOTP code, so `approve` relies
@@ -587,7 +607,8 @@ def report() -> None:
 @click.argument("code")
 @click.argument("month")
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path))
-def report_monthly(code: str, month: str, output: Path) -> None:
+@click.option("--lang", type=click.Choice(["ja", "en"]), default="ja", show_default=True)
+def report_monthly(code: str, month: str, output: Path, lang: str) -> None:
     from . import reports
     if not reports.is_month(month):
         raise CliError(f"{month}: the month must be YYYY-MM")
@@ -595,8 +616,8 @@ def report_monthly(code: str, month: str, output: Path) -> None:
     svc = build_services(_settings(), "worker")  # no vault key needed
     with svc.sessions() as db, db.begin():
         c = _company(db, code)
-        body = (reports.monthly_csv(db, c, month) if fmt == "csv"
-                else reports.monthly_pdf(db, c, month))
+        body = (reports.monthly_csv(db, c, month, lang=lang) if fmt == "csv"
+                else reports.monthly_pdf(db, c, month, lang=lang))
         record(db, svc.audit_key, Tag.REPORT_GENERATED, _cli_actor(), company_id=c.id,
                details={"report": "monthly", "month": month, "format": fmt, "via": "cli"})
     _write_document(output, body)
@@ -607,14 +628,15 @@ def report_monthly(code: str, month: str, output: Path) -> None:
               "or CSV when PATH ends with .csv.")
 @click.argument("code")
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path))
-def ledger(code: str, output: Path) -> None:
+@click.option("--lang", type=click.Choice(["ja", "en"]), default="ja", show_default=True)
+def ledger(code: str, output: Path, lang: str) -> None:
     from . import reports
     fmt = "csv" if output.suffix.lower() == ".csv" else "pdf"
     svc = build_services(_settings(), "worker")  # no vault key needed
     with svc.sessions() as db, db.begin():
         c = _company(db, code)
-        body = (reports.ledger_csv(db, c, svc.settings) if fmt == "csv"
-                else reports.ledger_pdf(db, c, svc.settings))
+        body = (reports.ledger_csv(db, c, svc.settings, lang=lang) if fmt == "csv"
+                else reports.ledger_pdf(db, c, svc.settings, lang=lang))
         record(db, svc.audit_key, Tag.REPORT_GENERATED, _cli_actor(), company_id=c.id,
                details={"report": "ledger", "format": fmt, "via": "cli"})
     _write_document(output, body)
@@ -734,6 +756,11 @@ def demo() -> None:
     """Create a demo company, client user and office manager (first run only)."""
     from .demo import ensure_demo
     click.echo(ensure_demo(_office()))
+
+
+from .keycli import keys as _keys  # noqa: E402 - `kinko keys` lives in its own module
+
+main.add_command(_keys)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,15 @@ from sqlalchemy.orm import Session, sessionmaker
 SQLITE_BUSY_TIMEOUT_MS = 15000
 
 
-def make_engine(url: str, *, foreign_keys: bool = True, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, foreign_keys: bool = True,
+                busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS, **kwargs: Any) -> Engine:
     """``foreign_keys=False`` only for migrations: SQLite batch mode rebuilds
-    tables, which a referenced table's foreign keys would otherwise refuse."""
+    tables, which a referenced table's foreign keys would otherwise refuse.
+    ``busy_timeout_ms`` (``KINKO_DB_BUSY_TIMEOUT_MS``): how long SQLite waits
+    for a lock before "database is locked" (a 503 in the apps)."""
     if url.startswith("sqlite"):
         engine = create_engine(
-            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            url, connect_args={"timeout": busy_timeout_ms / 1000},
             hide_parameters=True, **kwargs
         )
 
@@ -32,7 +35,7 @@ def make_engine(url: str, *, foreign_keys: bool = True, **kwargs: Any) -> Engine
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             cur.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
             cur.execute("PRAGMA synchronous=FULL")
             cur.close()
@@ -42,8 +45,24 @@ def make_engine(url: str, *, foreign_keys: bool = True, **kwargs: Any) -> Engine
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
+    url = postgres_url(url)
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        # Every timestamp is stored and compared in UTC; the server's or the
+        # role's TimeZone setting must not shift naive values (portal.audit
+        # hashes naive UTC times, and views convert to JST themselves).
+        connect_args["options"] = "-c timezone=UTC"
     # hide_parameters: SQL errors must not echo values (file names) into logs.
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True, **kwargs)
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True,
+                         connect_args=connect_args, **kwargs)
+
+
+def postgres_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` mean psycopg 3 (the installed driver)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -13,7 +13,7 @@ from alembic.config import Config
 from sqlalchemy import select
 
 from . import keys
-from .db import make_engine, make_sessionmaker
+from .db import make_engine, make_sessionmaker, postgres_url
 from .models import Purpose
 from .settings import Settings
 from .tls import ensure_certificate
@@ -30,15 +30,60 @@ DEFAULT_PURPOSES = [
 ]
 
 
-def alembic_config(settings: Settings) -> Config:
+def alembic_config(settings: Settings, url: str | None = None) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", settings.database_url.replace("%", "%%"))
+    cfg.set_main_option("sqlalchemy.url", (url or settings.database_url).replace("%", "%%"))
     return cfg
 
 
 def migrate(settings: Settings) -> None:
-    command.upgrade(alembic_config(settings), "head")
+    """Bring the schema to head, as the owner role when one is configured."""
+    url = settings.database_admin_url or settings.database_url
+    command.upgrade(alembic_config(settings, url), "head")
+    if settings.database_admin_url:
+        grant_app_role(settings)
+
+
+# What the application role may do on PostgreSQL (docs/deploy.md).  The
+# handling log is append-only for it: the regulation's records must not be
+# rewritten by the software that writes them.
+APPEND_ONLY_TABLES = ("audit_events",)
+
+
+def grant_app_role(settings: Settings) -> str | None:
+    """Grant the ``KINKO_DATABASE_URL`` role its rights, as the owner role.
+
+    Idempotent; run by every ``kinko init`` with ``KINKO_DATABASE_ADMIN_URL``,
+    so that tables added by later migrations are covered too.  Returns the
+    role name, or None when app and owner are the same role (then only the
+    trigger from migration 0008 protects the log).
+    """
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    admin_url = settings.database_admin_url
+    if not admin_url or not admin_url.startswith(("postgresql", "postgres")):
+        return None
+    app_role = make_url(postgres_url(settings.database_url)).username
+    owner = make_url(postgres_url(admin_url)).username
+    if not app_role or app_role == owner:
+        return None
+    engine = make_engine(admin_url)
+    try:
+        with engine.begin() as conn:
+            role = conn.execute(text("SELECT quote_ident(:r)"), {"r": app_role}).scalar_one()
+            conn.execute(text(f"GRANT USAGE ON SCHEMA public TO {role}"))
+            conn.execute(text(
+                f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"))
+            conn.execute(text(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}"))
+            conn.execute(text(f"REVOKE ALL ON alembic_version FROM {role}"))
+            conn.execute(text(f"GRANT SELECT ON alembic_version TO {role}"))
+            for table in APPEND_ONLY_TABLES:
+                conn.execute(text(f"REVOKE UPDATE, DELETE, TRUNCATE ON {table} FROM {role}"))
+    finally:
+        engine.dispose()
+    return app_role
 
 
 def init_instance(settings: Settings) -> list[str]:

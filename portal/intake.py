@@ -16,18 +16,21 @@ Security invariants:
 from __future__ import annotations
 
 import contextlib
+import errno
 import secrets
 import time
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from scanners.filetypes import sniff
 from storage.envelope import seal
+from storage.errors import StorageError
 
 from .audit import Actor, Tag, record
 from .models import ClientUser, Purpose, Status, Upload, UploadEvent, utcnow
@@ -52,6 +55,31 @@ class UploadTooLargeError(IntakeError):
 
     def __init__(self) -> None:
         super().__init__("too_large")
+
+
+class StorageFullError(IntakeError):
+    """The drop zone has no room left (ENOSPC, quota): 507, nothing kept."""
+
+    status = 507
+
+    def __init__(self) -> None:
+        super().__init__("storage_full")
+
+
+class StorageUnavailableError(IntakeError):
+    """The drop zone refused the write (read-only, unreachable): 503, nothing kept."""
+
+    status = 503
+
+    def __init__(self) -> None:
+        super().__init__("storage_unavailable")
+
+
+def storage_failure(exc: BaseException) -> IntakeError:
+    """The refusal a failed drop-zone write maps to (never a 500)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return StorageFullError()
+    return StorageUnavailableError()
 
 
 def new_upload_id() -> str:
@@ -94,10 +122,16 @@ class IntakeSink:
         self._head = bytearray()
         self._stack = contextlib.ExitStack()
         self._done = False
-        writer = self._stack.enter_context(
-            services.dropzone.writer(self.key, {"created": str(int(time.time()))})
-        )
-        self._seal = seal(writer, services.dropzone_key, self.key)
+        try:
+            writer = self._stack.enter_context(
+                services.dropzone.writer(self.key, {"created": str(int(time.time()))})
+            )
+            # Sealing may call KMS (storage.kms): refused or unreachable is
+            # a storage failure too, answered 503, never a 500.
+            self._seal = seal(writer, services.dropzone_key, self.key)
+        except (OSError, StorageError) as exc:
+            self._stack.close()
+            raise storage_failure(exc) from exc
 
     # -- the file-like surface Werkzeug's multipart parser uses ------------
     def write(self, data: bytes) -> int:
@@ -109,7 +143,11 @@ class IntakeSink:
             raise UploadTooLargeError()
         if len(self._head) < SNIFF_BYTES:
             self._head += data[: SNIFF_BYTES - len(self._head)]
-        self._seal.write(data)
+        try:
+            self._seal.write(data)
+        except (OSError, StorageError) as exc:
+            self.abort()  # the backend drops its partial write
+            raise storage_failure(exc) from exc
         return len(data)
 
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -137,8 +175,12 @@ class IntakeSink:
     def finish(self) -> Received:
         if self._done:
             raise ValueError("sink is closed")
-        self._seal.close()
-        self._stack.close()  # commits the object atomically
+        try:
+            self._seal.close()
+            self._stack.close()  # commits the object atomically
+        except (OSError, StorageError) as exc:
+            self.abort()
+            raise storage_failure(exc) from exc
         self._done = True
         # The envelope writer hashed the plaintext on the way: one pass only.
         return Received(self.upload_id, self.key, self._size, self._seal.plaintext_sha256,
@@ -177,16 +219,39 @@ def register(
     filename: str,
     purpose_code: str,
     remote_addr: str | None,
+    claim: Callable[[Session, str], None] | None = None,
 ) -> Upload:
     """Insert the row for a committed drop-zone object, audit it, queue the scan.
 
     An empty file is refused here: its (encrypted) object is deleted and the
-    refusal is audited, so nothing is stored for it.
+    refusal is audited, so nothing is stored for it.  ``claim(db, upload_id)``
+    runs inside the inserting transaction (after the row is flushed); if it
+    raises, nothing is committed and the caller owns the object (tus assembly
+    uses it to turn exactly one assembled object into the upload).
     """
     if received.size == 0:
         services.dropzone.delete(received.key)
         reject(services, user, "empty", remote_addr)
         raise IntakeError("empty")
+    try:
+        upload = _insert_row(services, received, user=user, filename=filename,
+                             purpose_code=purpose_code, remote_addr=remote_addr, claim=claim)
+    except BaseException:
+        # No row (the database is locked or down): the stored object must not
+        # outlive the request.  If this delete fails too, the reconciler
+        # removes the orphan once it is KINKO_ORPHAN_AGE_SECONDS old.  (With
+        # ``claim`` the caller owns the object, as documented above.)
+        if claim is None:
+            with contextlib.suppress(Exception):
+                services.dropzone.delete(received.key)
+        raise
+    services.enqueue.scan(upload.id)
+    return upload
+
+
+def _insert_row(services: Services, received: Received, *, user: ClientUser, filename: str,
+                purpose_code: str, remote_addr: str | None,
+                claim: Callable[[Session, str], None] | None) -> Upload:
     with services.sessions() as db, db.begin():
         upload = Upload(
             id=received.upload_id,
@@ -205,11 +270,13 @@ def register(
         )
         db.add(upload)
         db.add(UploadEvent(upload_id=upload.id, status=Status.RECEIVED))
+        if claim is not None:
+            db.flush()
+            claim(db, upload.id)
         record(db, services.audit_key, Tag.CLIENT_UPLOAD_RECEIVED, client_actor(user),
                company_id=user.company_id, upload_id=upload.id, remote_addr=remote_addr,
                details={"size": received.size, "purpose": purpose_code,
                         "sniffed": received.sniffed})
-    services.enqueue.scan(upload.id)
     return upload
 
 

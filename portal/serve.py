@@ -55,8 +55,11 @@ def serve(settings: Settings, *, banner: str = "") -> int:
         procs.append(("office app", subprocess.Popen(
             _gunicorn("portal.office:create_app()", settings.office_host, settings.office_port),
             env=env)))
-        procs.append(("worker", subprocess.Popen(
-            [sys.executable, "-m", "portal.cli", "worker"], env=env)))
+        # KINKO_SERVE_WORKERS=0: the workers run elsewhere (`kinko worker`
+        # on other machines, sharing the Redis queue and the database).
+        for n in range(settings.serve_workers):
+            procs.append((f"worker {n + 1}" if n else "worker", subprocess.Popen(
+                [sys.executable, "-m", "portal.cli", "worker"], env=env)))
         print(f"kinko client app: https://localhost:{settings.client_port}/login\n"
               f"kinko office app: https://127.0.0.1:{settings.office_port}/login\n"
               f"(self-signed certificate: {settings.tls_cert})\n{banner}", flush=True)

@@ -45,6 +45,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{name} must be a number") from exc
 
 
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value <= 0:
+        raise SettingsError(f"{name} must be positive")
+    return value
+
+
 def _networks(raw: str) -> tuple[str, ...]:
     import ipaddress
     out = []
@@ -94,6 +101,30 @@ class Settings:
     # Staff notices about new uploads are batched per company: one notice once
     # the oldest un-notified upload is this old (0: at the next worker minute).
     notice_batch_minutes: int = 5
+    # Key custody in AWS KMS (docs/encryption.md): key id, ARN or alias; unset = key
+    # files in KINKO_HOME/keys.  KMS credentials per role (unset: boto3's default chain).
+    dropzone_kms_key: str | None = None
+    vault_kms_key: str | None = None
+    kms_profiles: tuple[tuple[str, str], ...] = ()
+    # Faults (docs/performance.md "Faults"): how long a writer waits for the
+    # SQLite lock before the request gets a 503; how old a drop-zone object
+    # without a row / an uncommitted vault attempt (orphan) and an abandoned
+    # partial write must be before the reconciler deletes them; how long the
+    # worker waits before retrying a pull whose storage failed.
+    db_busy_timeout_ms: int = 15000
+    orphan_age_seconds: float = 3600.0
+    partial_age_seconds: float = 24 * 3600.0  # an upload may take hours on a slow line
+    pull_retry_seconds: float = 30.0
+    # gthread threads per web worker process (portal/gunicorn_conf.py).
+    web_threads: int = 64
+    # PostgreSQL: the owner role `kinko init` migrates and grants with; the
+    # processes themselves connect as the (less privileged) database_url role.
+    database_admin_url: str | None = None
+    # A scan's lease (renewed every third of it while the scan runs): how long
+    # a killed worker's scan waits before another worker takes it over.
+    scan_lease_seconds: float = 60.0
+    # How many workers `kinko serve` runs itself (0: they run elsewhere).
+    serve_workers: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -130,9 +161,27 @@ class Settings:
             scanner_probe_seconds=_float(env, "KINKO_SCANNER_PROBE_SECONDS", 60.0),
             vault_aws_profile=env.get("KINKO_VAULT_AWS_PROFILE") or None,
             notice_batch_minutes=_notice_batch(env),
+            dropzone_kms_key=env.get("KINKO_DROPZONE_KMS_KEY") or None,
+            vault_kms_key=env.get("KINKO_VAULT_KMS_KEY") or None,
+            kms_profiles=tuple(
+                (role, env[f"KINKO_KMS_PROFILE_{role.upper()}"])
+                for role in ("client", "worker", "office")
+                if env.get(f"KINKO_KMS_PROFILE_{role.upper()}")),
+            db_busy_timeout_ms=_positive(env, "KINKO_DB_BUSY_TIMEOUT_MS", 15000),
+            orphan_age_seconds=_float(env, "KINKO_ORPHAN_AGE_SECONDS", 3600.0),
+            partial_age_seconds=_float(env, "KINKO_PARTIAL_AGE_SECONDS", 24 * 3600.0),
+            pull_retry_seconds=_float(env, "KINKO_PULL_RETRY_SECONDS", 30.0),
+            web_threads=_positive(env, "KINKO_WEB_THREADS", 64),
+            database_admin_url=env.get("KINKO_DATABASE_ADMIN_URL") or None,
+            scan_lease_seconds=max(3.0, _float(env, "KINKO_SCAN_LEASE_SECONDS", 60.0)),
+            serve_workers=max(0, _int(env, "KINKO_SERVE_WORKERS", 1)),
             office_allowed_networks=_networks(
                 env.get("KINKO_OFFICE_ALLOWED_NETWORKS") or "127.0.0.0/8,::1/128"),
         )
+
+    def kms_profile(self, role: str) -> str | None:
+        """The AWS profile a role uses for KMS (``KINKO_KMS_PROFILE_<ROLE>``)."""
+        return dict(self.kms_profiles).get(role)
 
     @property
     def keys_dir(self) -> Path:

@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ..models import WebSession, utcnow
+from ..models.base import aware_utc
 
 TOUCH_EVERY = timedelta(seconds=30)  # bound the writes an active page causes
 
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _aware(at: datetime) -> datetime:
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
 
 
 def start(db: Session, kind: str, account_id: int, *, remote_addr: str | None,
@@ -44,10 +41,10 @@ def resolve(db: Session, token: str, kind: str, idle: timedelta) -> WebSession |
     now = utcnow()
     if row is None or row.kind != kind or row.revoked_at is not None:
         return None
-    if _aware(row.expires_at) <= now or _aware(row.last_seen_at) + idle <= now:
+    if aware_utc(row.expires_at) <= now or aware_utc(row.last_seen_at) + idle <= now:
         row.revoked_at = now
         return None
-    if now - _aware(row.last_seen_at) >= TOUCH_EVERY:
+    if now - aware_utc(row.last_seen_at) >= TOUCH_EVERY:
         row.last_seen_at = now
     return row
 
@@ -73,7 +70,7 @@ def active(db: Session, kind: str, account_id: int) -> list[WebSession]:
     rows = db.execute(select(WebSession).where(
         WebSession.kind == kind, WebSession.account_id == account_id,
         WebSession.revoked_at.is_(None)).order_by(WebSession.last_seen_at.desc())).scalars()
-    return [r for r in rows if _aware(r.expires_at) > now]
+    return [r for r in rows if aware_utc(r.expires_at) > now]
 
 
 def is_current(row: WebSession, token: str) -> bool:

@@ -22,6 +22,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def aware_utc(at: datetime) -> datetime:
+    """A stored time as aware UTC: SQLite gives naive UTC back, PostgreSQL
+    (timestamptz, sessions in UTC) aware values."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {datetime: DateTime(timezone=True)}

@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,12 @@ import requests
 from scanners.clamd_process import ClamdProcess
 
 ROOT = Path(__file__).resolve().parents[2]
+# Which deployment the functional suite runs on (docs/deploy.md):
+# "embedded" (SQLite, local folders, SQLite queue) or "scale" (PostgreSQL,
+# S3 through a local moto server, a Redis queue).  `make test` runs both.
+PROFILE = os.environ.get("KINKO_TEST_PROFILE", "embedded")
+if PROFILE not in ("embedded", "scale"):
+    raise RuntimeError(f"KINKO_TEST_PROFILE must be embedded or scale, not {PROFILE!r}")
 KINKO = [sys.executable, "-m", "portal.cli"]
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 MAX_UPLOAD = 64 << 20
@@ -75,6 +82,9 @@ class Stack:
     clamd_dir: Path
     official_dir: Path
     server: subprocess.Popen[bytes] | None = None
+    profile: str = "embedded"
+    services: dict[str, Any] = field(default_factory=dict)  # pg, redis, s3 (scale profile)
+    buckets: dict[str, str] = field(default_factory=dict)   # area -> bucket (scale profile)
     totps: dict[str, Totp] = field(default_factory=dict)
     office_sessions: dict[str, requests.Session] = field(default_factory=dict)
 
@@ -123,7 +133,8 @@ class Stack:
 
     def restart_clamd(self) -> None:
         """Start a new clamd at the same socket address the stack was given."""
-        self.clamd = ClamdProcess(self.clamd_dir, max_bytes=MAX_UPLOAD,
+        self.clamd = ClamdProcess(self.clamd_dir,
+                                  max_bytes=int(self.env["KINKO_MAX_UPLOAD_BYTES"]),
                                   official_dir=self.official_dir)
         address = self.clamd.start(timeout=60)
         assert address == self.env["KINKO_CLAMD"], (address, self.env["KINKO_CLAMD"])
@@ -219,19 +230,102 @@ class Stack:
                                      + self.log_tail())
             time.sleep(0.2)
 
-    def objects(self, area: str, prefix: str = "") -> list[Path]:
+    def objects(self, area: str, prefix: str = "") -> list[Any]:
+        """Stored objects of one area whose key starts with ``prefix``: files
+        (embedded) or :class:`S3Object` (scale); both have ``name`` and
+        ``read_bytes()``."""
+        if self.profile == "scale":
+            s3 = self.services["s3"].client()
+            out = []
+            for page in s3.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.buckets[area], Prefix="kinko/" + prefix):
+                out += [S3Object(s3, self.buckets[area], o["Key"])
+                        for o in page.get("Contents", [])]
+            return sorted(out, key=lambda o: o.key)
         root = self.home / area / "objects"
         return sorted(p for p in root.rglob("*") if p.is_file() and
                       p.relative_to(root).as_posix().startswith(prefix))
 
+    def object_id(self, area: str, obj: Any) -> str:
+        """The backend key of an object from :meth:`objects`."""
+        if isinstance(obj, S3Object):
+            return obj.key.removeprefix("kinko/")
+        return str(obj.relative_to(self.home / area / "objects").as_posix())
 
-def build_stack(tmp_factory: Callable[[str], Path]) -> Stack:
+    def db(self, *, admin: bool = False) -> Db:
+        """A DB-API connection to the instance database (``?`` placeholders on
+        both backends).  ``admin``: the owner role on PostgreSQL."""
+        if self.profile == "scale":
+            import psycopg
+            pg = self.services["pg"]
+            return Db(psycopg.connect(pg.admin_url if admin else pg.url()), pg=True)
+        return Db(sqlite3.connect(self.home / "kinko.db"), pg=False)
+
+
+@dataclass
+class S3Object:
+    client: Any = field(compare=False, repr=False)
+    bucket: str = ""
+    key: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+    def read_bytes(self) -> bytes:
+        return bytes(self.client.get_object(Bucket=self.bucket, Key=self.key)["Body"].read())
+
+
+class Db:
+    """sqlite3 and psycopg behind one small interface for test queries."""
+
+    def __init__(self, conn: Any, *, pg: bool) -> None:
+        self.conn = conn
+        self.pg = pg
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        if self.pg:
+            sql = sql.replace("%", "%%").replace("?", "%s")
+        return self.conn.execute(sql, tuple(params))
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    def ago(self, **delta: float) -> Any:
+        """A timestamp ``timedelta(**delta)`` before now, as each backend
+        stores it (SQLite: naive UTC text as SQLAlchemy writes it)."""
+        from datetime import UTC, datetime, timedelta
+        at = datetime.now(UTC) - timedelta(**delta)
+        return at if self.pg else at.replace(tzinfo=None).isoformat(sep=" ")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Db:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        try:
+            if exc_type is None:
+                self.conn.commit()
+            else:
+                self.conn.rollback()
+        finally:
+            self.conn.close()
+
+
+def build_stack(tmp_factory: Callable[[str], Path],
+                extra_env: dict[str, str] | None = None) -> Stack:
+    """``extra_env``: more KINKO_* settings for every process (fault tests)."""
     # A short base path: the clamd socket must fit in sun_path.
     base = Path(tempfile.mkdtemp(prefix="kt-"))
     official = base / "no-official-db"
     official.mkdir()
     clamd_dir = base / "clamd"
-    clamd = ClamdProcess(clamd_dir, max_bytes=MAX_UPLOAD, official_dir=official)
+    # The maximum upload (KINKO_MAX_UPLOAD_BYTES in extra_env may raise it,
+    # e.g. for the browser's 300 MiB resumable upload); clamd's limits follow.
+    max_upload = int((extra_env or {}).get("KINKO_MAX_UPLOAD_BYTES", MAX_UPLOAD))
+    clamd = ClamdProcess(clamd_dir, max_bytes=max_upload, official_dir=official)
     address = clamd.start(timeout=60)
     home = base / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("KINKO_")}
@@ -239,16 +333,22 @@ def build_stack(tmp_factory: Callable[[str], Path]) -> Stack:
         "KINKO_HOME": str(home), "KINKO_CLAMD": address,
         "KINKO_CLIENT_PORT": str(free_port()), "KINKO_OFFICE_PORT": str(free_port()),
         "KINKO_CLIENT_HOST": "127.0.0.1",
-        "KINKO_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+        "KINKO_MAX_UPLOAD_BYTES": str(max_upload),
         "KINKO_SCAN_RETRY_BASE": "0.5", "KINKO_SCAN_RETRY_MAX": "2",
         "KINKO_SCAN_TIMEOUT": "20",
         "KINKO_SCANNER_PROBE_SECONDS": "1",
     })
+    env.update(extra_env or {})
     stack = Stack(base=base, home=home, env=env,
                   client_url=f"https://localhost:{env['KINKO_CLIENT_PORT']}",
                   office_url=f"https://127.0.0.1:{env['KINKO_OFFICE_PORT']}",
-                  clamd=clamd, clamd_dir=clamd_dir, official_dir=official)
-    stack.kinko("init")
+                  clamd=clamd, clamd_dir=clamd_dir, official_dir=official, profile=PROFILE)
+    if PROFILE == "scale":
+        start_scale_services(stack)
+        # Only `kinko init` gets the owner role: it migrates and grants.
+        stack.kinko("init", env=dict(env, KINKO_DATABASE_ADMIN_URL=stack.services["pg"].admin_url))
+    else:
+        stack.kinko("init")
     for code, name in (("acme", "株式会社アクメ"), ("beta", "ベータ商事株式会社")):
         stack.kinko("company", "add", code, "--name", name)
         stack.kinko("user", "add", code, "hr", "--password", f"{code}-Passw0rd")
@@ -258,8 +358,56 @@ def build_stack(tmp_factory: Callable[[str], Path]) -> Stack:
     return stack
 
 
+def start_scale_services(stack: Stack) -> None:
+    """PostgreSQL, Redis and an S3 server (moto) on loopback, two buckets, and
+    the environment that points kinko at them (configuration only)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from pgserver import PostgresServer
+    from redisserver import RedisServer
+    from s3server import DUMMY_CREDENTIALS, MotoServer
+
+    stack.services["pg"] = PostgresServer().start()
+    stack.services["redis"] = RedisServer().start()
+    s3 = stack.services["s3"] = MotoServer()
+    s3.start()
+    client = s3.client()
+    stack.buckets["dropzone"] = s3.new_bucket(client)
+    stack.buckets["vault"] = s3.new_bucket(client, versioned=True)
+    stack.env.update({
+        "KINKO_DATABASE_URL": stack.services["pg"].url(),
+        "KINKO_QUEUE_URL": stack.services["redis"].url,
+        "KINKO_DROPZONE_URL": f"s3://{stack.buckets['dropzone']}/kinko",
+        "KINKO_VAULT_URL": f"s3://{stack.buckets['vault']}/kinko",
+        "AWS_ENDPOINT_URL_S3": s3.endpoint,
+        "AWS_ACCESS_KEY_ID": DUMMY_CREDENTIALS["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": DUMMY_CREDENTIALS["aws_secret_access_key"],
+        "AWS_DEFAULT_REGION": DUMMY_CREDENTIALS["region_name"],
+    })
+    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        stack.env.pop(name, None)
+
+
+def stop_scale_services(stack: Stack) -> None:
+    for name in ("s3", "redis", "pg"):
+        service = stack.services.pop(name, None)
+        if service is not None:
+            service.stop()
+
+
+def embedded_only(reason: str) -> Any:
+    """Skip a test on the scale profile, saying why (it inspects SQLite or local files)."""
+    import pytest
+    return pytest.mark.skipif(PROFILE != "embedded", reason=reason)
+
+
+def scale_only(reason: str) -> Any:
+    import pytest
+    return pytest.mark.skipif(PROFILE != "scale", reason=reason)
+
+
 def teardown_stack(stack: Stack) -> None:
     stack.stop_server()
     stack.clamd.stop()
+    stop_scale_services(stack)
     if not os.environ.get("KINKO_KEEP_TEST_HOME"):
         shutil.rmtree(stack.base, ignore_errors=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import email
 import re
-import sqlite3
 import uuid
 from email import policy
 from urllib.parse import urlsplit
@@ -120,7 +119,7 @@ def logout(stack: Stack, s: requests.Session) -> None:
 
 def audit(stack: Stack, login: str) -> list[tuple[str, str, int | None, str | None, str]]:
     """(action, actor_kind, company_id, remote_addr, details) of the user's events."""
-    with sqlite3.connect(stack.home / "kinko.db") as db:
+    with stack.db() as db:
         return list(db.execute(
             "SELECT action, actor_kind, company_id, remote_addr, details FROM audit_events "
             "WHERE actor_label = ? ORDER BY id", (login,)))
@@ -131,7 +130,7 @@ def actions(stack: Stack, login: str) -> list[str]:
 
 
 def company_id(stack: Stack, code: str) -> int:
-    with sqlite3.connect(stack.home / "kinko.db") as db:
+    with stack.db() as db:
         return int(db.execute("SELECT id FROM companies WHERE code = ?", (code,)).fetchone()[0])
 
 
@@ -391,7 +390,7 @@ def test_turn_off_two_step_verification(stack: Stack) -> None:
     done = actions(stack, login)
     assert "account:totp:disable_refused" in done and "account:totp:reset" in done
     assert any("turned off" in n or "無効" in n or "オフ" in n for n in mails_to(stack, login))
-    with sqlite3.connect(stack.home / "kinko.db") as db:
+    with stack.db() as db:
         (left,) = db.execute(
             "SELECT count(*) FROM recovery_codes r JOIN client_users u ON u.id = r.account_id "
             "WHERE r.kind = 'client' AND u.login = ?", (login,)).fetchone()
@@ -401,8 +400,8 @@ def test_turn_off_two_step_verification(stack: Stack) -> None:
 def test_company_that_requires_2fa_cannot_turn_it_off(stack: Stack) -> None:
     code = "r" + uuid.uuid4().hex[:8]
     stack.kinko("company", "add", code, "--name", "二要素必須株式会社")
-    with sqlite3.connect(stack.home / "kinko.db") as db:
-        db.execute("UPDATE companies SET require_2fa = 1 WHERE code = ?", (code,))
+    with stack.db() as db:
+        db.execute("UPDATE companies SET require_2fa = TRUE WHERE code = ?", (code,))
     login, pw = new_user(stack, company=code)
 
     # The first sign-in goes through enrolment before anything else.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,7 +17,7 @@ import pyotp
 import pytest
 import requests
 
-from .harness import Stack, csrf_from
+from .harness import Db, Stack, csrf_from
 
 PASSWORD_RE = re.compile(r'id="initial-password">([^<]+)<')
 
@@ -27,8 +26,8 @@ def uid(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:8]}"
 
 
-def db(stack: Stack) -> sqlite3.Connection:
-    return sqlite3.connect(stack.home / "kinko.db")
+def db(stack: Stack) -> Db:
+    return stack.db()
 
 
 def one(stack: Stack, sql: str, *args: Any) -> Any:

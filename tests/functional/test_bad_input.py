@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sqlite3
 import ssl
 import time
 import uuid
@@ -54,7 +53,7 @@ def assert_api_error(resp: requests.Response, status: int, code: str) -> dict[st
 
 def rejected_count(stack: Stack, reason: str) -> int:
     """Audit rows ``client:upload:rejected`` with this reason."""
-    with sqlite3.connect(stack.home / "kinko.db") as db:
+    with stack.db() as db:
         rows = db.execute("SELECT details FROM audit_events WHERE action = ?",
                           ("client:upload:rejected",)).fetchall()
     return sum(1 for (details,) in rows if json.loads(details).get("reason") == reason)

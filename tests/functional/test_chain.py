@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import sqlite3
 import uuid
 import zipfile
 
@@ -35,7 +34,7 @@ def make_xlsx(marker: str, extra: dict[str, bytes] | None = None) -> bytes:
 
 
 def audit_actions(stack: Stack, upload_id: str) -> list[str]:
-    with sqlite3.connect(stack.home / "kinko.db") as db:
+    with stack.db() as db:
         return [r[0] for r in db.execute(
             "SELECT action FROM audit_events WHERE upload_id = ? ORDER BY id", (upload_id,))]
 
@@ -108,7 +107,7 @@ def test_clean_csv_by_api_and_xlsx_by_form_reach_the_vault_and_come_back(
                      "office:vault:pull_requested", "office:file:vaulted",
                      "system:dropzone:deleted", "office:file:downloaded"):
         assert expected in actions, (expected, actions)
-    with sqlite3.connect(stack.home / "kinko.db") as db:
+    with stack.db() as db:
         row = db.execute("SELECT actor_kind, actor_label, remote_addr FROM audit_events "
                          "WHERE upload_id = ? AND action = 'office:file:downloaded'",
                          (csv_up["id"],)).fetchone()

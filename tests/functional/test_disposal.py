@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import re
 import secrets
-import sqlite3
 import uuid
 
 import pytest
@@ -31,13 +30,13 @@ def my_number() -> str:
 
 
 def audit_actions(stack: Stack, upload_id: str) -> list[str]:
-    with sqlite3.connect(stack.home / "kinko.db") as db:
+    with stack.db() as db:
         return [r[0] for r in db.execute(
             "SELECT action FROM audit_events WHERE upload_id = ? ORDER BY id", (upload_id,))]
 
 
 def upload_row(stack: Stack, upload_id: str) -> tuple[str, bytes | None, str | None]:
-    with sqlite3.connect(stack.home / "kinko.db") as db:
+    with stack.db() as db:
         return db.execute("SELECT status, vault_wrapped_key, vault_key FROM uploads "
                           "WHERE id = ?", (upload_id,)).fetchone()
 
@@ -81,7 +80,7 @@ def test_a_manager_other_than_the_proposer_disposes_with_a_fresh_code(
     upload_id, name = vaulted(stack, acme_token, number)
     [obj] = stack.objects("vault", f"vault/{upload_id}.")
     backup = obj.read_bytes()  # an "old backup" of the vault object
-    object_id = obj.relative_to(stack.home / "vault" / "objects").as_posix()
+    object_id = stack.object_id("vault", obj)
 
     hana = stack.office("hana")
     r = post(stack, hana, upload_id, "propose", reason="保管期限満了のため")
@@ -123,7 +122,7 @@ def test_a_manager_other_than_the_proposer_disposes_with_a_fresh_code(
     # The certificate: from the list page, as a PDF attachment, audited.
     listing = boss.get(f"{stack.office_url}/disposal")
     assert listing.status_code == 200
-    with sqlite3.connect(stack.home / "kinko.db") as db:
+    with stack.db() as db:
         record_id, reason = db.execute("SELECT id, reason FROM disposal_records "
                                        "WHERE upload_id = ?", (upload_id,)).fetchone()
         stored = " ".join(str(v) for v in db.execute(

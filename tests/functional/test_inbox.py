@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import uuid
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -38,7 +37,7 @@ def vaulted_upload(stack: Stack, token: str, purpose: str = "koyo") -> str:
 
 
 def audit(stack: Stack, action: str, upload_id: str | None = None) -> list[dict[str, object]]:
-    with sqlite3.connect(stack.home / "kinko.db") as db:
+    with stack.db() as db:
         rows = db.execute("SELECT upload_id, actor_label, details FROM audit_events "
                           "WHERE action = ? ORDER BY id", (action,)).fetchall()
     return [{"upload_id": u, "actor": a, **json.loads(d)} for u, a, d in rows
@@ -46,9 +45,12 @@ def audit(stack: Stack, action: str, upload_id: str | None = None) -> list[dict[
 
 
 def db_value(stack: Stack, sql: str, *args: object) -> object:
-    with sqlite3.connect(stack.home / "kinko.db") as db:
+    with stack.db() as db:
         row = db.execute(sql, args).fetchone()
-    return row[0] if row else None
+    if not row:
+        return None
+    # PostgreSQL returns dates and times as objects, SQLite as ISO text.
+    return row[0].isoformat() if hasattr(row[0], "isoformat") else row[0]
 
 
 def post_form(session: requests.Session, page_url: str, url: str,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,11 +14,11 @@ import pyotp
 import pytest
 import requests
 
-from .harness import ROOT, Stack, csrf_from, free_port
+from .harness import ROOT, Db, Stack, csrf_from, free_port
 
 
-def db(stack: Stack) -> sqlite3.Connection:
-    return sqlite3.connect(stack.home / "kinko.db")
+def db(stack: Stack) -> Db:
+    return stack.db()
 
 
 def audit_count(stack: Stack, action: str) -> int:
@@ -176,8 +175,8 @@ def test_unknown_login_and_wrong_password_get_the_same_answer(
 def test_expired_password_forces_a_change(stack: Stack) -> None:
     login, pw = new_client(stack)
     with db(stack) as c:
-        c.execute("UPDATE client_users SET password_changed_at = datetime('now', '-61 days') "
-                  "WHERE login = ?", (login,))
+        c.execute("UPDATE client_users SET password_changed_at = ? WHERE login = ?",
+                  (c.ago(days=61), login))
     s = browser(stack, stack.client_url)
     r = post_login(stack, s, company="acme", login=login, password=pw)
     assert r.status_code == 302 and r.headers["Location"] == "/password"
@@ -234,21 +233,21 @@ def test_a_disabled_user_is_out_mid_session(stack: Stack) -> None:
     post_login(stack, s, company="acme", login=login, password=pw)
     assert s.get(stack.client_url + "/", allow_redirects=False).status_code == 200
     with db(stack) as c:
-        c.execute("UPDATE client_users SET active = 0 WHERE login = ?", (login,))
+        c.execute("UPDATE client_users SET active = FALSE WHERE login = ?", (login,))
     r = s.get(stack.client_url + "/", allow_redirects=False)
     assert r.status_code == 302 and r.headers["Location"].startswith("/login")
 
 
 def test_idle_and_absolute_limits_end_sessions_on_the_server(stack: Stack) -> None:
-    for column, value in (("last_seen_at", "-31 minutes"), ("expires_at", "-1 minutes")):
+    for column, minutes in (("last_seen_at", 31), ("expires_at", 1)):
         login, pw = new_client(stack)
         s = browser(stack, stack.client_url)
         post_login(stack, s, company="acme", login=login, password=pw)
         assert s.get(stack.client_url + "/", allow_redirects=False).status_code == 200
         with db(stack) as c:
             uid = c.execute("SELECT id FROM client_users WHERE login = ?", (login,)).fetchone()[0]
-            c.execute(f"UPDATE web_sessions SET {column} = datetime('now', ?) "  # noqa: S608
-                      "WHERE kind = 'client' AND account_id = ?", (value, uid))
+            c.execute(f"UPDATE web_sessions SET {column} = ? "  # noqa: S608
+                      "WHERE kind = 'client' AND account_id = ?", (c.ago(minutes=minutes), uid))
         r = s.get(stack.client_url + "/", allow_redirects=False)
         assert r.status_code == 302 and r.headers["Location"].startswith("/login"), column
 
