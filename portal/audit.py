@@ -57,6 +57,11 @@ class Tag(StrEnum):
     FILE_DOWNLOADED = "office:file:downloaded"
     FILE_DOWNLOAD_REFUSED = "office:file:download_refused"
     VAULT_VERIFIED = "office:vault:verified"
+    # Resumable uploads (portal/tus.py)
+    TUS_CREATED = "client:tus:created"
+    TUS_COMPLETED = "client:tus:completed"
+    TUS_TERMINATED = "client:tus:terminated"
+    TUS_EXPIRED = "system:tus:expired"
     COMPANY_CREATED = "office:company:created"
     CLIENT_USER_CREATED = "office:client_user:created"
     STAFF_CREATED = "office:staff:created"

@@ -40,7 +40,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, delete, select, update
@@ -49,7 +48,7 @@ from sqlalchemy.orm import Session
 from storage.envelope import open_envelope, seal
 from storage.errors import IntegrityError, ObjectNotFoundError, StorageError
 
-from .audit import SYSTEM, record
+from .audit import SYSTEM, Tag, record
 from .faults import checkpoint
 from .intake import (
     READ_CHUNK,
@@ -77,15 +76,6 @@ MAX_PARTS = 2048
 # A complete upload nobody assembled (the request died) is finished by the
 # reconciler once it has been idle this long.
 FINISH_AFTER = timedelta(minutes=10)
-
-
-class TusTag(StrEnum):
-    """Handling-log events of resumable uploads (``subject:object:action``)."""
-
-    CREATED = "client:tus:created"
-    COMPLETED = "client:tus:completed"
-    TERMINATED = "client:tus:terminated"
-    EXPIRED = "system:tus:expired"
 
 
 class TusError(IntakeError):
@@ -147,7 +137,7 @@ def create(services: Services, user: ClientUser, *, length: int, filename: str,
                         parts=0, received=0, created_at=now, updated_at=now,
                         expires_at=now + EXPIRY)
         db.add(row)
-        record(db, services.audit_key, TusTag.CREATED, client_actor(user),
+        record(db, services.audit_key, Tag.TUS_CREATED, client_actor(user),
                company_id=user.company_id, remote_addr=remote_addr,
                details={"tus": row.id, "size": length, "purpose": purpose_code})
         return _state(row)
@@ -174,7 +164,7 @@ def terminate(services: Services, user: ClientUser, tus_id: str,
     with services.sessions() as db, db.begin():
         db.execute(delete(TusPart).where(TusPart.tus_id == tus_id))
         db.execute(delete(TusUpload).where(TusUpload.id == tus_id))
-        record(db, services.audit_key, TusTag.TERMINATED, client_actor(user),
+        record(db, services.audit_key, Tag.TUS_TERMINATED, client_actor(user),
                company_id=user.company_id, remote_addr=remote_addr,
                details={"tus": tus_id, "offset": state.offset, "size": state.length,
                         "finished": state.upload_id is not None})
@@ -357,7 +347,7 @@ def finish(services: Services, tus_id: str, *, remote_addr: str | None = None) -
                                .values(upload_id=upload_id, updated_at=_now())))
         if not won:
             raise _Lost()
-        record(db, services.audit_key, TusTag.COMPLETED, client_actor(user),
+        record(db, services.audit_key, Tag.TUS_COMPLETED, client_actor(user),
                company_id=user.company_id, upload_id=upload_id, remote_addr=remote_addr,
                details={"tus": tus_id, "size": length, "parts": len(parts)})
 
@@ -484,10 +474,10 @@ def _expire(services: Services, tus_id: str) -> None:
     with services.sessions() as db, db.begin():
         gone = _rows(db.execute(delete(TusUpload).where(TusUpload.id == tus_id)))
         if gone:
-            record(db, services.audit_key, TusTag.EXPIRED, SYSTEM, company_id=company_id,
+            record(db, services.audit_key, Tag.TUS_EXPIRED, SYSTEM, company_id=company_id,
                    details={"tus": tus_id, "offset": offset, "size": length,
                             "finished": done is not None})
 
 
-__all__ = ["EXPIRY", "MAX_PARTS", "PREFIX", "State", "TusError", "TusTag", "append",
+__all__ = ["EXPIRY", "MAX_PARTS", "PREFIX", "State", "TusError", "append",
            "create", "finish", "housekeeping", "lookup", "terminate"]
