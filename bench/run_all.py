@@ -1,6 +1,8 @@
 """`make bench`: every benchmark on one stack, then bench/results/latest.json.
 
 Order matters for memory: it runs first, on a fresh stack, small file before big.
+Growth runs last: it fills the stack's database with 10,000 uploads and 1,000,000
+events (``KINKO_BENCH_GROWTH=0`` skips it).
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from bench import concurrency, e2e, memory, plot
+from bench import concurrency, e2e, growth, memory, plot
 from bench.common import Record, bench_stack, report, table, write_results
 
 
@@ -24,6 +26,11 @@ def main() -> None:
             records += recs
         if os.environ.get("KINKO_BENCH_PLOT", "1") != "0":
             plot.run(bench)
+        if os.environ.get("KINKO_BENCH_GROWTH", "1") != "0":
+            recs, details = growth.run(bench)
+            report("growth", recs, details)
+            write_results(recs)
+            records += recs
     print(f"\nall benchmarks ({time.monotonic() - t0:.0f} s; 2-core machine: read the ratios,"
           " not the seconds)")
     print(table(records))

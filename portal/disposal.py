@@ -185,6 +185,7 @@ def _commit_disposal(db: Session, services: Services, upload: Upload, approver: 
         update(Upload).where(Upload.id == upload.id, Upload.status == Status.VAULTED,
                              Upload.disposal_proposed_by_id == proposer_id)
         .values(status=Status.DISPOSED, disposed_at=now, vault_wrapped_key=None,
+                staged_wrapped_key=None,
                 filename=mask_mynumbers(upload.filename), updated_at=now)
         .execution_options(synchronize_session="fetch"))).rowcount
     if not won:
@@ -232,6 +233,8 @@ def _delete_objects(services: Services, upload_id: str) -> None:
         services.vault.delete(vault_key)  # every version, where the backend keeps them
     for key in list(services.vault.keys(f"vault/{upload_id}.")):
         services.vault.delete(key)
+    for key in list(services.vault.keys(f"staging/{upload_id}.")):
+        services.vault.delete(key)  # a staged copy left by a crash (same data key)
     if dz_key:
         services.dropzone.delete(dz_key)
     for key in list(services.dropzone.keys(f"dz/{upload_id}")):

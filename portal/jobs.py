@@ -8,10 +8,12 @@ reconciler, and every job is idempotent, so running one twice is harmless.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlparse
 
-from huey import Huey, RedisHuey, SqliteHuey, crontab
+from storage.errors import ObjectNotFoundError, StorageError
 
 from .audit import SYSTEM, Actor
 from .models import Staff
@@ -22,6 +24,20 @@ from .reports import run_monthly
 from .services import Services
 from .settings import Settings, SettingsError
 
+# huey.storage imports redis and psycopg whenever they are installed: about
+# 15 MB in every process, the web apps included, that a sqlite:// queue never
+# uses.  They are kept out here and loaded by make_huey for a redis:// queue.
+_BLOCKED = [name for name in ("redis", "psycopg") if name not in sys.modules]
+for _name in _BLOCKED:
+    sys.modules[_name] = None  # type: ignore[assignment]  # "import redis" fails
+try:
+    import huey.storage as _huey_storage
+    from huey import Huey, RedisHuey, SqliteHuey, crontab
+finally:
+    for _name in _BLOCKED:
+        if sys.modules.get(_name, 0) is None:
+            del sys.modules[_name]
+
 log = logging.getLogger(__name__)
 
 
@@ -31,8 +47,22 @@ def make_huey(settings: Settings) -> Huey:
     if parsed.scheme == "sqlite":
         return SqliteHuey("kinko", filename=parsed.path, fsync=True)
     if parsed.scheme in ("redis", "rediss"):
+        _load_redis()
         return RedisHuey("kinko", url=url)
     raise SettingsError(f"unsupported KINKO_QUEUE_URL scheme: {parsed.scheme!r}")
+
+
+def _load_redis() -> None:
+    """Give huey.storage the redis names its import left unset (see above)."""
+    st: Any = _huey_storage
+    if st.Redis is None:
+        import redis
+        import redis.exceptions
+
+        st.ConnectionPool, st.Redis = redis.ConnectionPool, redis.Redis
+        st.ConnectionError = redis.exceptions.ConnectionError
+        st.TimeoutError = redis.exceptions.TimeoutError
+        st.RedisStorage.redis_client = redis.Redis
 
 
 class Jobs:
@@ -70,7 +100,7 @@ class Jobs:
         return self._services()
 
     def _run_scan(self, upload_id: str) -> None:
-        outcome = scan_upload(self._svc(), upload_id)
+        outcome = scan_upload(self._svc(), upload_id, pull_inline=True)
         if outcome.retry_in is not None:
             self.scan(upload_id, delay=outcome.retry_in)
 
@@ -85,6 +115,16 @@ class Jobs:
             pull_upload(services, upload_id, actor)
         except PipelineError as exc:
             log.info("pull of %s skipped: %s", upload_id, exc.code)
+        except ObjectNotFoundError:
+            log.warning("pull of %s failed: the drop-zone object is missing", upload_id)
+        except (StorageError, OSError) as exc:
+            # The vault (or the drop zone) failed to write or read: the
+            # drop-zone copy is untouched (pull_upload deletes it only after a
+            # verified commit), so try again until storage is back.
+            delay = services.settings.pull_retry_seconds
+            log.warning("pull of %s failed (%s); retrying in %.0f s", upload_id,
+                        type(exc).__name__, delay)
+            self._pull.schedule(args=(upload_id, staff_id), delay=delay)
 
     def _run_reconcile(self) -> None:
         reconcile(self._svc())

@@ -17,6 +17,9 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+POLL_INITIAL_S = 0.02
+POLL_MAX_S = 0.1
+
 
 def run_worker(settings: Settings, threads: int = 2) -> None:
     huey = make_huey(settings)
@@ -31,11 +34,20 @@ def run_worker(settings: Settings, threads: int = 2) -> None:
 
     jobs = Jobs(huey, services)
     svc = services()
-    report = reconcile(svc)
+    # The embedded default has one worker: when it starts, the one before it
+    # was killed, so it takes over every pending scan at once.  With a shared
+    # queue (Redis) other workers may be mid-scan: their leases are honoured
+    # and expire only if they die (settings.scan_lease_seconds).
+    single = settings.queue_url.startswith("sqlite")
+    report = reconcile(svc, reclaim_leases=single)
     log.info("worker started; %d uploads queued for scanning", len(report.rescanned))
     status.start_scanner_monitor(svc)
+    # Polling an idle SQLite queue: at most POLL_MAX_S apart, so a new job
+    # waits ~POLL_MAX_S/2 on average; each poll is one indexed SELECT
+    # (about 20 a second for two threads: no busy loop).
     consumer = huey.create_consumer(
         workers=threads, worker_type="thread", periodic=True,
-        initial_delay=0.05, backoff=1.2, max_delay=0.5, check_worker_health=True,
+        initial_delay=POLL_INITIAL_S, backoff=1.5, max_delay=POLL_MAX_S,
+        check_worker_health=True,
     )
     consumer.run()

@@ -22,6 +22,20 @@ class AuditEvent(Base):
         Index("ix_audit_at", "at"),
         Index("ix_audit_upload", "upload_id"),
         Index("ix_audit_company_at", "company_id", "at"),
+        # The handling-log search filters (migration 0009, bench/growth.py).
+        # An index on one column also orders by id (the rowid), so "newest
+        # first, LIMIT 50" needs no sort.  The action filter is a
+        # case-insensitive LIKE prefix: SQLite uses only a NOCASE index for it,
+        # so migration 0009 creates this one as ``action COLLATE NOCASE``
+        # (reflected as a plain index on ``action``: SQLAlchemy has no SQLite
+        # option for an index collation); on PostgreSQL it is created with
+        # text_pattern_ops.  (A ``postgresql_ops`` option here would make every
+        # process load SQLAlchemy's PostgreSQL dialect: 2 MB.)
+        Index("ix_audit_company", "company_id"),
+        Index("ix_audit_actor", "actor_kind", "actor_id"),
+        Index("ix_audit_actor_label", "actor_label"),
+        Index("ix_audit_addr", "remote_addr"),
+        Index("ix_audit_action", "action"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -14,11 +14,9 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ipaddress
 import logging
 import secrets
-import sys
 import time
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -78,32 +76,10 @@ class KinkoRequest(Request):
         return factory()
 
 
-MMAP_THRESHOLD = 128 * 1024
-
-
-def release_big_buffers() -> None:
-    """Let glibc give every buffer of 128 KiB or more back to the system at once.
-
-    A request body is read in 1 MiB chunks.  glibc serves such blocks with mmap
-    and unmaps them when freed, until its *dynamic* threshold rises past them
-    (it does after the first free); from then on they come from the heap, and
-    freed heap memory mostly stays in RSS.  A fixed threshold keeps the web
-    workers flat and a few MB lower (docs/performance.md).  No-op elsewhere.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return
-    mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
-
-
 def create_base_app(name: str, settings: Settings, services: Services, *, kind: str,
                     cookie: str, session_minutes: int, public: Iterable[str],
                     allowed_networks: Iterable[str] | None = None,
                     ) -> tuple[Flask, LoginManager, CSRFProtect]:
-    release_big_buffers()
     app = Flask(name, template_folder=str(ROOT / "templates"),
                 static_folder=str(ROOT / "static"))
     app.request_class = KinkoRequest
