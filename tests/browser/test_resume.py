@@ -259,8 +259,10 @@ def test_300_mib_upload_resumes_after_outage_and_reload(stack: Stack, tab: Tab,
     assert final is not None and final["upload_id"], final
     # Server side: every byte read from a PATCH body was kept, none twice.
     assert final["offset"] == SIZE and final["received"] == SIZE, final
-    # The outage and the reload each cut a PATCH short: more parts than chunks.
-    assert final["parts"] > SIZE // CHUNK + 1, final
+    # At least one part per chunk; a cut mid-PATCH adds a shorter part, but a
+    # cut can also land between two PATCHes (then nothing extra is stored), so
+    # the proof that nothing went twice is received == SIZE above.
+    assert final["parts"] >= -(-SIZE // CHUNK), final
     with stack.db() as db:
         status, size, digest = db.execute(
             "SELECT status, size, sha256 FROM uploads WHERE id = ?",
