@@ -35,7 +35,9 @@ list of touched files names uploads by id, company and status only.
 from __future__ import annotations
 
 import csv
+import heapq
 import io
+import itertools
 import json
 import re
 import zipfile
@@ -46,7 +48,7 @@ from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy import ColumnElement, Select, collate, func, select, text
 from sqlalchemy.orm import Session
 
 from .i18n import translations as _translations
@@ -149,8 +151,7 @@ def conditions(*, since: datetime | None = None, until: datetime | None = None,
     if company_id is not None:
         out.append(AuditEvent.company_id == company_id)
     if action:
-        escaped = action.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        out.append(AuditEvent.action.like(escaped + "%", escape="\\"))
+        out.append(action_like(action))
     if upload_id:
         out.append(AuditEvent.upload_id == upload_id)
     if addr:
@@ -158,6 +159,92 @@ def conditions(*, since: datetime | None = None, until: datetime | None = None,
     if max_id is not None:
         out.append(AuditEvent.id <= max_id)
     return out
+
+
+def action_like(action: str) -> ColumnElement[bool]:
+    """``action LIKE 'prefix%'`` with the prefix's wildcards taken literally.
+
+    Case-insensitive (ASCII) on SQLite, case-sensitive on PostgreSQL: the
+    database's own ``LIKE``.
+    """
+    escaped = action.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return AuditEvent.action.like(escaped + "%", escape="\\")
+
+
+def _postgres(db: Session) -> bool:
+    return db.get_bind().dialect.name == "postgresql"
+
+
+def _action_key(db: Session) -> ColumnElement[Any]:
+    """``action`` as ``ix_audit_action`` orders it (SQLite: ``COLLATE NOCASE``)."""
+    return AuditEvent.action.expression if _postgres(db) else collate(AuditEvent.action, "NOCASE")
+
+
+def action_keys(db: Session, action: str) -> list[str]:
+    """The distinct stored actions that ``action`` is a prefix of, in index order.
+
+    A loose index scan of ``ix_audit_action``: one indexed ``LIMIT 1`` seek
+    per distinct action (a handful), never a read of the matching events.
+    The actions matching a prefix are contiguous in the index's order
+    (SQLite: NOCASE, which folds ASCII case like its ``LIKE``; PostgreSQL:
+    ``text_pattern_ops``, byte order, like its case-sensitive ``LIKE``), so
+    the walk starts at the prefix and stops at the first action that does not
+    match.  On SQLite, actions that differ only in case are one key.
+    """
+    like = action_like(action)
+    out: list[str] = []
+    last: str | None = None
+    after: ColumnElement[bool]
+    while True:
+        if _postgres(db):
+            # text_pattern_ops orders with ~<~ (bytes); its index serves only
+            # those operators, not < or an ORDER BY in the collation's order.
+            after = AuditEvent.action.op("~>=~" if last is None else "~>~",
+                                         is_comparison=True)(action if last is None else last)
+            order: Any = text("audit_events.action USING ~<~")
+        else:
+            key = _action_key(db)
+            after = key >= action if last is None else key > last
+            order = key
+        row = db.execute(select(AuditEvent.action, like).where(after)
+                         .order_by(order).limit(1)).first()
+        if row is None or not row[1]:
+            return out
+        last = str(row[0])
+        out.append(last)
+
+
+def newest_ids_by_action(db: Session, where: Sequence[ColumnElement[bool]], action: str,
+                         limit: int, offset: int = 0) -> list[int]:
+    """Ids of the events matching ``where``, newest first, ``offset`` skipped,
+    at most ``limit``.  ``where`` is the action filter of ``action``
+    (:func:`conditions`), meant without other filters: with one, the database
+    may prefer that filter's index for every action.
+
+    A prefix spans several actions, so one range of ``ix_audit_action`` is not
+    in id order: asking for ``ORDER BY id DESC LIMIT n`` over it makes the
+    database read and sort every match.  Instead, for each action under the
+    prefix (:func:`action_keys`), ``ix_audit_action`` (``action, id``) gives
+    that action's newest ``offset + limit`` ids in order (PostgreSQL may walk
+    the primary key backwards instead when the action is frequent: also in
+    order, also stopped by the LIMIT); the runs are merged here.  What is read
+    is bounded by the page's position, not by the number of matching events.
+    """
+    want = offset + limit
+    key = _action_key(db)
+    runs = [list(db.execute(select(AuditEvent.id).where(*where, key == k)
+                            .order_by(AuditEvent.id.desc()).limit(want)).scalars())
+            for k in action_keys(db, action)]
+    merged = heapq.merge(*runs, reverse=True)
+    return list(itertools.islice(merged, offset, want))
+
+
+def events_by_id(db: Session, ids: Sequence[int]) -> list[AuditEvent]:
+    """The events with these ids, newest first (primary key look-ups)."""
+    if not ids:
+        return []
+    return list(db.execute(select(AuditEvent).where(AuditEvent.id.in_(list(ids)))
+                           .order_by(AuditEvent.id.desc())).scalars())
 
 
 def query_events(db: Session | None = None, *, since: datetime | None = None,

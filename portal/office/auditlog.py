@@ -102,11 +102,20 @@ class LogFilters:
                "to_time": self.time_to.strftime("%H:%M") if self.time_to else ""}
         return {k: v for k, v in out.items() if v}
 
-    def query(self, max_id: int | None = None) -> Any:
-        return ax.query_events(
+    @property
+    def action_only(self) -> bool:
+        """No filter but the action (whatever its value)."""
+        return not (self.actor or self.company or self.upload or self.addr
+                    or self.day_from or self.day_to)
+
+    def conditions(self, max_id: int | None = None) -> list[Any]:
+        return ax.conditions(
             since=self.since, until=self.until, actor=self.actor or None,
             company_id=self.company.id if self.company else None, action=self.action or None,
             upload_id=self.upload or None, addr=self.addr or None, max_id=max_id)
+
+    def query(self, max_id: int | None = None) -> Any:
+        return select(AuditEvent).where(*self.conditions(max_id))
 
     def for_audit(self) -> dict[str, Any]:
         return ax.filters_for_audit({
@@ -125,13 +134,26 @@ class LogPage:
 
 
 def log_page(db: Session, f: LogFilters, number: int, size: int = PAGE) -> LogPage:
-    """One page, newest first: a COUNT plus LIMIT/OFFSET, never every row."""
+    """One page, newest first: a COUNT plus LIMIT/OFFSET, never every row.
+
+    Searched by action alone, the page is found by :func:`ax.newest_ids_by_action`
+    (each action under the prefix read newest first from ``ix_audit_action``,
+    merged) and then loaded by id: the prefix may match a large share of the
+    log, and ``ORDER BY id`` over its index range would read and sort all of
+    it.  With another filter as well, the query is left to the database, which
+    picks an index per filter (tests/unit/portal/test_query_plans.py).
+    """
     stmt = f.query()
     total = db.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
     pages = max(1, math.ceil(total / size))
     number = min(number, pages)
-    items = list(db.execute(stmt.order_by(AuditEvent.id.desc())
-                            .limit(size).offset((number - 1) * size)).scalars())
+    offset = (number - 1) * size
+    if f.action and f.action_only:
+        ids = ax.newest_ids_by_action(db, f.conditions(), f.action, size, offset)
+        items = ax.events_by_id(db, ids)
+    else:
+        items = list(db.execute(stmt.order_by(AuditEvent.id.desc())
+                                .limit(size).offset(offset)).scalars())
     return LogPage(items, number, total, pages)
 
 

@@ -43,11 +43,13 @@ def upgrade() -> None:
         op.create_index(name, 'audit_events', columns)
     # The action filter is a case-insensitive LIKE 'prefix%' on SQLite (it
     # can use only a NOCASE index) and a case-sensitive LIKE on PostgreSQL.
+    # Then id: each action under a prefix is read newest first with LIMIT
+    # (portal.auditexport.newest_ids_by_action).
     if op.get_bind().dialect.name == 'postgresql':
-        op.create_index('ix_audit_action', 'audit_events', ['action'],
+        op.create_index('ix_audit_action', 'audit_events', ['action', 'id'],
                         postgresql_ops={'action': 'text_pattern_ops'})
     else:
-        op.execute('CREATE INDEX ix_audit_action ON audit_events (action COLLATE NOCASE)')
+        op.execute('CREATE INDEX ix_audit_action ON audit_events (action COLLATE NOCASE, id)')
 
 
 def downgrade() -> None:
