@@ -37,7 +37,7 @@ from .models import ClientUser, Purpose, Status, Upload, UploadEvent, utcnow
 from .services import Services
 
 SNIFF_BYTES = 8192
-READ_CHUNK = 1 << 20
+READ_CHUNK = 128 << 10  # per read of the body: gunicorn copies it 2-3 times (web RSS)
 
 
 class IntakeError(Exception):

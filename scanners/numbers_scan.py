@@ -5,8 +5,11 @@ stores or logs the digits themselves.
 
 Security invariants:
 
-* streaming: csv is read line by line, xlsx/ods members are decompressed in 64 KiB
-  chunks and fed to an expat parser; nothing is expanded in memory;
+* streaming: csv is read in 256 KiB pieces (the unfinished last line is carried over;
+  runs of plain lines are checked 128 Ki characters at a time, lines with quotes go
+  through ``csv.reader`` record by record, see ``_scan_csv_fast``), xlsx/ods members
+  are decompressed in 64 KiB chunks and fed to an expat parser; nothing is expanded
+  in memory;
 * XML with a DOCTYPE (and so with entity declarations) is refused before any entity
   can be expanded (``error="unsafe_xml"``); undeclared entities are malformed;
 * zip members are read only if their declared uncompressed size is under the cap and
@@ -32,10 +35,11 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from itertools import accumulate
 from typing import IO, Any
 from xml.parsers import expat
 
-from scanners.mynumber import is_valid_mynumber
+from scanners.mynumber import invalid_indexes, is_valid_mynumber
 
 __all__ = ["KINDS", "MAX_INVALID", "CellRef", "NumberReport", "column_letters", "scan_numbers"]
 
@@ -271,6 +275,7 @@ def _lines(fileobj: IO[bytes], encoding: str) -> Iterator[str]:
 
 
 def _scan_csv(fileobj: IO[bytes], tally: _Tally) -> None:
+    scan_as = _scan_csv_fast  # looked up here: a test swaps in _scan_csv_reference
     fileobj.seek(0)
     head = fileobj.read(3)
     encodings = ["utf-8-sig"] if head == codecs.BOM_UTF8 else ["utf-8", "cp932"]
@@ -278,7 +283,7 @@ def _scan_csv(fileobj: IO[bytes], tally: _Tally) -> None:
         attempt = _Tally(tally.max_cells, 0)
         attempt.deadline = tally.deadline
         try:
-            _scan_csv_as(fileobj, encoding, attempt)
+            scan_as(fileobj, encoding, attempt)
         except UnicodeDecodeError:
             if i + 1 == len(encodings):
                 raise
@@ -287,25 +292,205 @@ def _scan_csv(fileobj: IO[bytes], tally: _Tally) -> None:
         return
 
 
-def _scan_csv_as(fileobj: IO[bytes], encoding: str, tally: _Tally) -> None:
+def _cell_digits(value: str) -> str | None:
+    """The 12 digits a csv cell stands for, else None (the reference's rules)."""
+    # Fewer than 12 characters and no exponent: no 12 digits either way
+    # (a fast path for the many short cells; same result as the checks).
+    if len(value) < 12 and "e" not in value and "E" not in value:
+        return None
+    if len(value) == 12 and value.isascii() and value.isdigit():
+        return value  # the common case, a plain number
+    if len(value) <= _TEXT_CAP:
+        return _candidate(value) or _numeric_candidate(value)
+    return None
+
+
+def _scan_record(record: list[str], row_no: int, tally: _Tally) -> None:
+    tally.tick(max(1, len(record)))
+    for col_no, value in enumerate(record, start=1):
+        if len(value) < 12 and "e" not in value and "E" not in value:
+            continue
+        if len(value) == 12 and value.isascii() and value.isdigit():
+            if is_valid_mynumber(value):
+                tally.report.found += 1
+            else:
+                tally.add(value, "", row_no, col_no)
+            continue
+        tally.add(_cell_digits(value), "", row_no, col_no)
+
+
+def _scan_csv_reference(fileobj: IO[bytes], encoding: str, tally: _Tally) -> None:
+    """The exact parser: ``csv.reader`` over the lines, one record at a time."""
     reader = csv.reader(_lines(fileobj, encoding), strict=False)
     for row_no, record in enumerate(reader, start=1):
-        tally.tick(max(1, len(record)))
-        for col_no, value in enumerate(record, start=1):
-            # Fewer than 12 characters and no exponent: no 12 digits either way
-            # (a fast path for the many short cells; same result as the checks).
-            if len(value) < 12 and "e" not in value and "E" not in value:
-                continue
-            if len(value) == 12 and value.isascii() and value.isdigit():
-                # The common case, a plain number: what _candidate and add would do.
-                if is_valid_mynumber(value):
-                    tally.report.found += 1
-                else:
-                    tally.add(value, "", row_no, col_no)
-                continue
-            if len(value) <= _TEXT_CAP:
-                digits = _candidate(value) or _numeric_candidate(value)
-                tally.add(digits, "", row_no, col_no)
+        _scan_record(record, row_no, tally)
+
+
+# The fast path (same report as _scan_csv_reference, at C speed for the common case).
+# Runs of complete lines without a quote or NUL, and no line longer than the csv
+# module's field limit, are cut at commas and line ends exactly as csv.reader would
+# cut them, so they are counted with str.count and searched with bytes.split (digits,
+# commas and line ends only) or compiled patterns; only the cells that could hold a
+# number are looked at, their check digits computed all at once (invalid_indexes),
+# and only the failing ones located (row, column) by counting.  Every other line
+# (quotes: a field may span lines) goes through csv.reader, one record at a time,
+# from the same buffer.
+_FAST_READ = 256 << 10  # bytes read (and decoded) at a time
+_FAST_BLOCK = 128 << 10  # characters checked at a time (bounds the lists of cells)
+_FIELD_LIMIT = csv.field_size_limit()
+_LONG_LINE = re.compile("(?<![^\r\n])[^\r\n]{" + str(_FIELD_LIMIT + 1) + "}")
+_EOL = re.compile("\r\n?|\n")
+# A cell: delimited by commas and line ends (lookarounds also match at the ends).
+_PLAIN = re.compile("(?<![^,\r\n])[0-9]{12}(?![^,\r\n])")
+_NOT_PLAIN = "(?![0-9]{12}(?![^,\r\n]))"
+# Digits -> "d", commas and line ends -> ",", anything else -> "x" (ASCII blocks).
+_SHAPE = bytes(
+    100 if 48 <= i <= 57 else 44 if i in (10, 13, 44) else 120 for i in range(256))
+_THIRTEEN = b"d" * 13
+_OTHER = re.compile("(?<![^,\r\n])" + _NOT_PLAIN + "[^,\r\n]{12,}")
+_OTHER_E = re.compile(
+    "(?<![^,\r\n])(?:" + _NOT_PLAIN + "[^,\r\n]{12,}|[^,\r\n]*[eE][^,\r\n]*)")
+
+
+class _CsvText:
+    """The decoded text of a csv file, read ahead by at most about 1 MiB."""
+
+    def __init__(self, fileobj: IO[bytes], encoding: str) -> None:
+        fileobj.seek(0)
+        self.fileobj = fileobj
+        self.decoder = codecs.getincrementaldecoder(encoding)("strict")
+        self.buf = ""
+        self.pos = 0
+        self.eof = False
+        self.row = 0
+
+    def fill(self, want: int) -> None:
+        while not self.eof and len(self.buf) - self.pos < want:
+            raw = self.fileobj.read(_FAST_READ)
+            text = self.decoder.decode(raw, final=not raw)
+            self.eof = not raw
+            self.buf = self.buf[self.pos:] + text
+            self.pos = 0
+
+    def readline(self) -> str:
+        """``TextIOWrapper.readline(CSV_LINE_CAP)`` with ``newline=""``, as _lines."""
+        self.fill(CSV_LINE_CAP + 1)
+        buf, pos = self.buf, self.pos
+        cap = min(len(buf), pos + CSV_LINE_CAP)
+        m = _EOL.search(buf, pos, cap)
+        end = m.end() if m else cap
+        line = buf[pos:end]
+        self.pos = end
+        if len(line) >= CSV_LINE_CAP and not line.endswith(("\n", "\r")):
+            raise _Refused("too_large")
+        return line
+
+    def lines(self) -> Iterator[str]:
+        while line := self.readline():
+            yield line
+
+    def fast_end(self) -> int:
+        """End of the run of lines from ``pos`` that the fast path may take."""
+        buf, pos = self.buf, self.pos
+        if self.eof:
+            stop = len(buf)
+        else:
+            # Complete lines only; a final "\r" may be the first half of a "\r\n".
+            last = max(buf.rfind("\n", pos, len(buf) - 1), buf.rfind("\r", pos, len(buf) - 1))
+            if last < 0:
+                return pos
+            stop = last + 1
+            if buf[last] == "\r" and buf[stop] == "\n":
+                stop += 1
+        if stop - pos > _FAST_BLOCK:
+            cut = max(buf.rfind("\n", pos, pos + _FAST_BLOCK),
+                      buf.rfind("\r", pos, pos + _FAST_BLOCK - 1))
+            if cut >= 0:
+                stop = cut + 1
+        for char in ('"', "\x00"):
+            q = buf.find(char, pos, stop)
+            if q >= 0:
+                stop = max(buf.rfind("\n", pos, q), buf.rfind("\r", pos, q), pos - 1) + 1
+        if stop - pos > _FIELD_LIMIT:
+            m = _LONG_LINE.search(buf, pos, stop)
+            if m:
+                q = m.start()
+                stop = max(buf.rfind("\n", pos, q), buf.rfind("\r", pos, q), pos - 1) + 1
+        return stop
+
+
+def _scan_csv_fast(fileobj: IO[bytes], encoding: str, tally: _Tally) -> None:
+    text = _CsvText(fileobj, encoding)
+    while True:
+        text.fill(_FAST_READ)
+        end = text.fast_end()
+        if end > text.pos:
+            block = text.buf[text.pos:end]
+            text.pos = end
+            text.row = _scan_block(block, text.row, tally)
+            continue
+        record = next(csv.reader(text.lines(), strict=False), None)
+        if record is None:
+            return
+        text.row += 1
+        _scan_record(record, text.row, tally)
+
+
+def _scan_block(block: str, row0: int, tally: _Tally) -> int:
+    """Count and check a run of complete, quote-free lines; returns the last row."""
+    terminators = block.count("\n")
+    if "\r" in block:
+        terminators += block.count("\r") - block.count("\r\n")
+    lines = terminators + (0 if block.endswith(("\n", "\r")) else 1)
+    tally.tick(block.count(",") + lines)
+    tally.clock()
+    report = tally.report
+    cells: list[bytes] | None = None
+    if block.isascii():
+        raw = block.encode("ascii")
+        shape = raw.translate(_SHAPE)
+        if b"x" not in shape and _THIRTEEN not in shape:
+            # Digits, commas and line ends only, no run of 13 digits or more: the
+            # candidates are exactly the cells of 12 characters, found without a regex.
+            # ("\r\n" becomes two commas: one more empty cell, same offsets.)
+            cells = raw.replace(b"\r", b",").replace(b"\n", b",").split(b",")
+    others: list[tuple[int, str]] = []
+    if cells is not None:
+        plain: list[str] | list[bytes] = [c for c in cells if len(c) == 12]
+    else:
+        plain = _PLAIN.findall(block)
+        pattern = _OTHER_E if ("e" in block or "E" in block) else _OTHER
+        others = [(m.start(), digits) for m in pattern.finditer(block)
+                  if (digits := _cell_digits(m.group())) is not None]
+    report.found += len(plain) + len(others)
+    if report.truncated:
+        return row0 + lines
+    room = MAX_INVALID - len(report.invalid)
+    bad, first = invalid_indexes(plain, room)
+    positions = [pos for pos, digits in others if not is_valid_mynumber(digits)]
+    if bad + len(positions) > room:
+        report.truncated = True
+    if first and cells is not None:
+        index = [k for k, c in enumerate(cells) if len(c) == 12]
+        starts = list(accumulate(map(len, cells), initial=0))
+        positions += [starts[k] + k for k in (index[i] for i in first)]
+    elif first:
+        last = first[-1]
+        wanted = set(first)
+        for i, m in enumerate(_PLAIN.finditer(block)):
+            if i in wanted:
+                positions.append(m.start())
+            if i == last:
+                break
+    positions.sort()
+    counted, row = 0, row0 + 1
+    for pos in positions[:room]:
+        row += (block.count("\n", counted, pos) + block.count("\r", counted, pos)
+                - block.count("\r\n", counted, pos))
+        counted = pos
+        start = max(block.rfind("\n", 0, pos), block.rfind("\r", 0, pos)) + 1
+        report.invalid.append(CellRef("", row, column_letters(block.count(",", start, pos) + 1)))
+    return row0 + lines
 
 
 # -- zip members through expat ---------------------------------------------------------

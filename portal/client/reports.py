@@ -12,7 +12,6 @@ from typing import Any
 from flask import Flask, Response, abort, render_template
 from flask_login import current_user
 
-from .. import reports
 from ..audit import Actor, Tag, record
 from ..models import ClientUser, Company
 from ..web.base import remote_addr, services
@@ -23,12 +22,16 @@ FORMATS = {"pdf": "application/pdf", "csv": "text/csv; charset=utf-8"}
 def init(app: Flask) -> None:
     @app.route("/reports")
     def reports_list() -> Any:
+        from .. import reports  # here: loaded when a report is asked for (web memory)
+
         with services().sessions() as db:
             closed = reports.closed_months(db, current_user.company_id)
         return render_template("client/reports.html", closed=closed)
 
     @app.route("/reports/<month>.<fmt>")
     def report_file(month: str, fmt: str) -> Any:
+        from .. import reports
+
         svc = services()
         if fmt not in FORMATS:
             abort(404)

@@ -19,7 +19,6 @@ from datetime import timedelta
 from typing import Any
 
 import pyotp
-import segno
 from flask import Flask, current_app, flash, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
 from flask_login import LoginManager, current_user, login_user, logout_user
@@ -232,6 +231,8 @@ def enrol_secret(kind: str, account_id: int) -> str:
 
 
 def render_enrol(kind: str, account: Any, secret: str, *, signed_in: bool = False) -> Any:
+    import segno  # here, not at the top: only enrolment draws a QR code (0.7 MB)
+
     uri = pyotp.TOTP(secret).provisioning_uri(name=account.login, issuer_name=ISSUER)
     qr = segno.make(uri, error="m").svg_data_uri(scale=5, border=2)
     spaced = " ".join(secret[i:i + 4] for i in range(0, len(secret), 4))
