@@ -18,6 +18,10 @@ workers = 2
 # Idle threads cost next to nothing; see docs/deploy.md "Slow clients".
 threads = _settings.web_threads
 timeout = 120
+# gunicorn >= 25 opens a control socket in ~/.gunicorn by default: one path
+# for both apps (the second fails to bind) and an admin surface nobody here
+# uses.  Off; older gunicorns ignore the name.
+control_socket_disable = True
 graceful_timeout = 20
 keepalive = 5
 accesslog = "-"
