@@ -22,7 +22,7 @@ import pytest
 # conftest.py and no __init__.py), so this is the very module pytest loaded
 # for tests/functional.  The browser's stack takes larger uploads: the
 # resumable-upload test sends 300 MiB (test_resume.py).
-from functional.harness import Stack, build_stack, teardown_stack
+from functional.harness import Stack, build_stack, require_clamd, teardown_stack
 
 BROWSER_MAX_UPLOAD = 320 << 20
 
@@ -40,10 +40,7 @@ JAPANESE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff]")
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    if not os.path.exists("/usr/sbin/clamd"):
-        if os.environ.get("CI"):
-            pytest.fail("clamd is not installed: `make test` installs clamav-daemon")
-        pytest.skip("clamd is not installed")
+    require_clamd()
     s = build_stack(tmp_path_factory.mktemp,
                     extra_env={"KINKO_MAX_UPLOAD_BYTES": str(BROWSER_MAX_UPLOAD)})
     try:

@@ -314,6 +314,15 @@ class Db:
             self.conn.close()
 
 
+def require_clamd() -> None:
+    """Fail in CI (`make test` installs clamav-daemon), skip elsewhere."""
+    import pytest
+    if not os.path.exists("/usr/sbin/clamd"):
+        if os.environ.get("CI"):
+            pytest.fail("clamd is not installed: `make test` installs clamav-daemon")
+        pytest.skip("clamd is not installed")
+
+
 def build_stack(tmp_factory: Callable[[str], Path],
                 extra_env: dict[str, str] | None = None) -> Stack:
     """``extra_env``: more KINKO_* settings for every process (fault tests)."""

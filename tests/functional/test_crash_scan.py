@@ -16,17 +16,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from .harness import Stack, build_stack, teardown_stack
+from .harness import Stack, build_stack, require_clamd, teardown_stack
 
 STEPS = ["scan:streaming", "scan:staged", "scan:verdict", "scan:committed"]
 
 
 @pytest.fixture(scope="module")
 def crash_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    if not os.path.exists("/usr/sbin/clamd"):
-        if os.environ.get("CI"):
-            pytest.fail("clamd is not installed: `make test` installs clamav-daemon")
-        pytest.skip("clamd is not installed")
+    require_clamd()
     s = build_stack(tmp_path_factory.mktemp)
     try:
         yield s

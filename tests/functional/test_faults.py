@@ -28,7 +28,7 @@ from typing import Any, cast
 import pytest
 import requests
 
-from .harness import Stack, build_stack, csrf_from, teardown_stack
+from .harness import Stack, build_stack, csrf_from, require_clamd, teardown_stack
 from .invariants import check_invariants, files_containing, run_reconcile, settle
 
 pytestmark = pytest.mark.skipif(
@@ -54,10 +54,7 @@ def keep_log(stack: Stack, name: str) -> None:
 
 
 def require_tools() -> None:
-    if not os.path.exists("/usr/sbin/clamd"):
-        if os.environ.get("CI"):
-            pytest.fail("clamd is not installed: `make test` installs clamav-daemon")
-        pytest.skip("clamd is not installed")
+    require_clamd()
 
 
 def can_mount() -> str | None:

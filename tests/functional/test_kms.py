@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError
 from storage.envelope import peek_header
 from storage.kms import wrapped_key_arn
 
-from .harness import ROOT, Stack, build_stack, embedded_only, teardown_stack
+from .harness import ROOT, Stack, build_stack, embedded_only, require_clamd, teardown_stack
 
 sys.path.insert(0, str(ROOT / "tests"))
 from s3server import DUMMY_CREDENTIALS, MotoServer  # noqa: E402
@@ -37,10 +37,7 @@ COUNTS = re.compile(r"vault objects: (\d+); already on key (\w+): (\d+); "
 
 
 def _need_clamd() -> None:
-    if not os.path.exists("/usr/sbin/clamd"):
-        if os.environ.get("CI"):
-            pytest.fail("clamd is not installed: `make test` installs clamav-daemon")
-        pytest.skip("clamd is not installed")
+    require_clamd()
 
 
 def kid(arn: str) -> str:
