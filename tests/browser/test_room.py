@@ -246,3 +246,29 @@ def test_upload_page_updates_status_live(stack: Stack, tab: Tab) -> None:
     status = page.locator("#upload-status")
     status.filter(has_text=t["status"]["clean"]).wait_for(timeout=SCAN_MS)
     assert not tab.csp_errors(), tab.csp_errors()
+
+
+def test_room_files_reach_the_vault_live(stack: Stack, tab: Tab) -> None:
+    """A company whose files the office pulls automatically: three dropped
+    files go received → scanning → in the vault on the page, no reload."""
+    code = "vault" + secrets.token_hex(2)
+    stack.kinko("company", "add", code, "--name", "自動取込株式会社", "--auto-pull")
+    login, password = "hr", "Pw" + secrets.token_hex(5) + "9"
+    stack.kinko("user", "add", code, login, "--password", password)
+    page = tab.page
+    page.goto(stack.client_url + "/login")
+    page.fill("input[name=company]", code)
+    page.fill("input[name=login]", login)
+    page.fill("input[name=password]", password)
+    page.click("main form button[type=submit]")
+    tab.wait_for_path("/")
+    page.wait_for_selector("#room-drop:not([hidden])")
+    t = labels(tab)
+    page.select_option("#purpose", "koyo")
+    files = [(f"給与{i}.csv", f"氏名,金額\n佐藤{i},1000\n".encode() * 500) for i in range(3)]
+    before = page.url
+    drop(tab, files)
+    for name, _ in files:
+        wait_badge(tab, name, t["status"]["vaulted"])
+    assert page.url == before, "the page was reloaded"
+    tab.shot("room-7-in-the-vault")
