@@ -19,26 +19,22 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from s3server import free_port  # one helper for every local test server
 
 OWNER, OWNER_PASSWORD = "kinko_owner", "owner-Passw0rd"
 APP, APP_PASSWORD = "kinko_app", "app-Passw0rd"
 
 
 def bindir() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                   key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
-    return Path(found[-1]).parent if found else None
+    """The newest installed major version's bin directory."""
+    found = [Path(p).parent for p in glob.glob("/usr/lib/postgresql/*/bin/initdb")]
+    found.sort(key=lambda bins: int(bins.parent.name) if bins.parent.name.isdigit() else 0)
+    return found[-1] if found else None
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PostgresServer:
@@ -47,7 +43,7 @@ class PostgresServer:
         if bins is None:
             raise RuntimeError("PostgreSQL server binaries not found: `make test` installs them")
         self.bin = bins
-        self.port = _free_port()
+        self.port = free_port()
         # Not under the suite's 0700 temp dirs: the postgres user must reach it.
         self.base = Path(tempfile.mkdtemp(prefix="kpg-"))
         self.data = self.base / "data"
@@ -144,13 +140,3 @@ class PostgresServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-def wait_port(port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")

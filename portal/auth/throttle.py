@@ -10,12 +10,13 @@ account is never affected by these counters.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from ..models import AddressFailure, utcnow
+from ..models.base import aware_utc
 
 SLOW_AFTER = 5
 LOCK_AFTER = 10
@@ -24,27 +25,19 @@ ADDRESS_LIMIT = 50
 ADDRESS_WINDOW = timedelta(minutes=15)
 
 
-def _aware(at: datetime | None) -> datetime | None:
-    if at is None:
-        return None
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
-
-
 def address_blocked(db: Session, addr: str | None) -> bool:
     row = db.get(AddressFailure, addr or "-")
     if row is None:
         return False
-    start = _aware(row.window_start)
-    assert start is not None
-    return start + ADDRESS_WINDOW > utcnow() and row.count >= ADDRESS_LIMIT
+    return aware_utc(row.window_start) + ADDRESS_WINDOW > utcnow() and row.count >= ADDRESS_LIMIT
 
 
 def account_state(account: Any) -> str:
     """``ok``, ``throttled`` (must wait) or ``locked`` (a manager must unlock)."""
     if account.locked_at is not None:
         return "locked"
-    until = _aware(account.throttled_until)
-    if until is not None and until > utcnow():
+    until = account.throttled_until
+    if until is not None and aware_utc(until) > utcnow():
         return "throttled"
     return "ok"
 
@@ -56,8 +49,7 @@ def record_failure(db: Session, account: Any | None, addr: str | None) -> str | 
     if row is None:
         row = AddressFailure(addr=addr or "-", window_start=now, count=0)
         db.add(row)
-    start = _aware(row.window_start)
-    if start is None or start + ADDRESS_WINDOW <= now:
+    if row.window_start is None or aware_utc(row.window_start) + ADDRESS_WINDOW <= now:
         row.window_start, row.count = now, 0
     row.count += 1
     if account is None:

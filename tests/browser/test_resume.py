@@ -32,6 +32,7 @@ import pytest
 from functional.harness import Stack
 
 from .conftest import Tab
+from .test_room import sign_in
 
 pytestmark = pytest.mark.clamd
 
@@ -182,17 +183,6 @@ def wait_offset(stack: Stack, at_least: int, timeout: float) -> dict[str, Any]:
         time.sleep(0.2)
 
 
-def sign_in(tab: Tab, url: str, login: str, password: str) -> None:
-    page = tab.page
-    page.goto(url + "/login")
-    page.fill("input[name=company]", "acme")
-    page.fill("input[name=login]", login)
-    page.fill("input[name=password]", password)
-    page.click("main form button[type=submit]")
-    tab.wait_for_path("/")
-    page.wait_for_selector("#room-drop:not([hidden])")
-
-
 def test_300_mib_upload_resumes_after_outage_and_reload(stack: Stack, tab: Tab,
                                                        tmp_path: Path) -> None:
     sha256 = big_pdf(tmp_path / "大容量スキャン.pdf")
@@ -206,7 +196,7 @@ def test_300_mib_upload_resumes_after_outage_and_reload(stack: Stack, tab: Tab,
     page.on("request", lambda r: patches.append(int(r.headers.get("upload-offset", "-1")))
             if r.method == "PATCH" and "/api/v1/tus/" in r.url else None)
     try:
-        sign_in(tab, url, login, password)
+        sign_in(tab, stack, login, password, base_url=url)
         t = page.evaluate("JSON.parse(document.getElementById('room-i18n').textContent)")
         page.select_option("#purpose", "koyo")
 
@@ -288,7 +278,7 @@ def test_cancelling_a_resumable_upload_terminates_it(stack: Stack, tab: Tab,
     password = "Pw" + secrets.token_hex(5) + "9"
     stack.kinko("user", "add", "acme", login, "--password", password)
     page = tab.page
-    sign_in(tab, stack.client_url, login, password)
+    sign_in(tab, stack, login, password)
     t = page.evaluate("JSON.parse(document.getElementById('room-i18n').textContent)")
     page.select_option("#purpose", "koyo")
     cdp = page.context.new_cdp_session(page)

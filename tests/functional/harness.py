@@ -191,6 +191,17 @@ class Stack:
         assert r.status_code == 302, r.status_code
         return s
 
+    def vault_bytes(self, upload_id: str, *, purpose: str = "koyo", staff: str = "boss",
+                    env: dict[str, str] | None = None) -> bytes:
+        """A vaulted file decrypted by `kinko vault get` (logged like any use)."""
+        out = self.base / f"vault-get-{upload_id}-{os.getpid()}.bin"
+        self.kinko("vault", "get", upload_id, "--staff", staff, "--purpose", purpose,
+                   "-o", str(out), env=env)
+        try:
+            return out.read_bytes()
+        finally:
+            out.unlink(missing_ok=True)
+
     def token(self, company: str, login: str) -> str:
         return self.kinko("token", "add", company, login).stdout.strip()
 

@@ -99,11 +99,7 @@ def pull(stack: Stack, upload_id: str) -> None:
 
 
 def get_sha(stack: Stack, upload_id: str) -> str:
-    target = stack.base / f"out-{upload_id}"
-    target.unlink(missing_ok=True)
-    stack.kinko("vault", "get", upload_id, "--staff", "boss", "--purpose", "koyo",
-                "-o", str(target))
-    return hashlib.sha256(target.read_bytes()).hexdigest()
+    return hashlib.sha256(stack.vault_bytes(upload_id)).hexdigest()
 
 
 def vault_row(stack: Stack, upload_id: str) -> tuple[str, str, bytes, str]:
