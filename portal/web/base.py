@@ -179,9 +179,13 @@ def create_base_app(name: str, settings: Settings, services: Services, *, kind: 
         if resp.status_code == 503:  # storage or database: worth retrying soon
             resp.headers.setdefault("Retry-After", str(RETRY_AFTER_S))
         # Only refusals of an upload under way (a sink was opened, or storage or
-        # the database failed): an anonymous request is never read further.
-        refused_upload = resp.status_code in (503, 507) or \
-            (resp.status_code >= 300 and bool(g.get("kinko_sinks")))
+        # the database failed) or of a signed-in client's request (e.g. a tus
+        # PATCH to an expired upload: it must read 404/409/410, not a reset).
+        # An anonymous request is never read further.
+        # (g._login_user: whoever Flask-Login already loaded; never a new DB query here.)
+        signed_in = bool(getattr(g.get("_login_user"), "is_authenticated", False))
+        refused_upload = resp.status_code in (503, 507) or (resp.status_code >= 300 and (
+            bool(g.get("kinko_sinks")) or signed_in))
         length = request.content_length
         if refused_upload and length and length <= DRAIN_MAX_BYTES:
             deadline = time.monotonic() + DRAIN_MAX_SECONDS
