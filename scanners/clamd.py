@@ -17,7 +17,7 @@ from typing import Literal
 
 from scanners.errors import ScannerError, ScannerUnavailableError
 
-__all__ = ["ClamdClient", "ScanResult", "parse_scan_reply"]
+__all__ = ["ClamdClient", "ScanResult", "StreamScan", "parse_scan_reply"]
 
 Verdict = Literal["clean", "infected", "refused"]
 
@@ -246,3 +246,91 @@ class ClamdClient:
             except OSError as exc:
                 raise ScannerUnavailableError(f"sending to clamd failed: {exc}") from exc
             return parse_scan_reply(self._read_reply(sock, deadline))
+
+
+class StreamScan:
+    """One ``zINSTREAM`` session fed as the bytes arrive, without ever blocking the feeder.
+
+    Made for scanning an upload *while it is received*: :meth:`feed` hands each chunk to
+    the socket without blocking (what clamd has not taken yet waits in a buffer of at
+    most ``max_pending`` bytes); when clamd falls behind further than that, or hangs up,
+    or anything else goes wrong, the session is *abandoned* (:attr:`failed` says why) and
+    can never yield a verdict: the caller scans the stored copy later instead.
+    :meth:`result` (blocking, bounded by the client's timeout from the moment it is
+    called) sends the rest and the end-of-stream marker and parses the reply with
+    :func:`parse_scan_reply`, so the only clean outcome is still ``stream: OK`` for a
+    stream that was sent whole.  Not thread-safe: one feeder, then one caller of
+    :meth:`result` (which may be another thread).
+    """
+
+    def __init__(self, client: ClamdClient, *, max_pending: int = 1 << 20,
+                 connect_timeout: float = 2.0) -> None:
+        self._client = client
+        self._max_pending = max_pending
+        self._pending = bytearray()
+        self.failed: str | None = None
+        self.sent = 0
+        deadline = _Deadline(min(connect_timeout, client.timeout))
+        self._sock: socket.socket | None = client._connect(deadline)
+        try:
+            self._sock.settimeout(deadline.remaining())
+            self._sock.sendall(b"zINSTREAM\0")
+            self._sock.setblocking(False)
+        except (OSError, ScannerError) as exc:
+            self._sock.close()
+            self._sock = None
+            raise ScannerUnavailableError(f"sending to clamd failed: {exc}") from exc
+
+    def feed(self, data: bytes) -> bool:
+        """Queue ``data`` for clamd; False once the session is abandoned.  Never blocks."""
+        if self.failed is not None or not data:
+            return self.failed is None
+        size = self._client.chunk_size
+        view = memoryview(data)
+        for start in range(0, len(view), size):
+            piece = view[start : start + size]
+            self._pending += struct.pack(">I", len(piece))
+            self._pending += piece
+        self.sent += len(data)
+        self._drain()
+        if self.failed is None and len(self._pending) > self._max_pending:
+            self.abandon("backpressure")
+        return self.failed is None
+
+    def _drain(self) -> None:
+        assert self._sock is not None
+        try:
+            while self._pending:
+                n = self._sock.send(self._pending)
+                del self._pending[:n]
+        except BlockingIOError:
+            return
+        except OSError as exc:  # clamd hung up (StreamMaxLength, restart ...)
+            self.abandon(type(exc).__name__)
+
+    def abandon(self, why: str) -> None:
+        """Give up: close the connection (clamd discards what it was sent)."""
+        if self.failed is None:
+            self.failed = why
+        self._pending = bytearray()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def result(self) -> ScanResult:
+        """Finish the stream and wait for clamd's verdict (at most the client's timeout).
+
+        Raises ScannerUnavailableError if the session was abandoned or anything fails.
+        """
+        if self.failed is not None or self._sock is None:
+            raise ScannerUnavailableError(f"stream scan abandoned: {self.failed}")
+        sock, deadline = self._sock, _Deadline(self._client.timeout)
+        try:
+            sock.settimeout(deadline.remaining())
+            sock.sendall(bytes(self._pending) + struct.pack(">I", 0))
+            self._pending = bytearray()
+            return parse_scan_reply(self._client._read_reply(sock, deadline))
+        except OSError as exc:
+            raise ScannerUnavailableError(f"sending to clamd failed: {exc}") from exc
+        finally:
+            self.abandon("finished")
