@@ -191,6 +191,16 @@ class Storage(Protocol):
         """
         ...
 
+    def duplicate(self, src_key: str, dst_key: str) -> None:
+        """Commit an exact copy of ``src_key`` under ``dst_key``, atomically (like
+        :meth:`writer`), without the bytes passing through this process where the
+        backend can avoid it: a hard link on local disk, a server-side copy on S3.
+
+        Raises ``ObjectNotFoundError`` if ``src_key`` does not exist.  The caller
+        verifies the copy (it is a copy step of copy → verify → delete).
+        """
+        ...
+
     def keys(self, prefix: str = "") -> Iterator[str]:
         """Yield keys of committed objects starting with ``prefix`` (never partials).
 

@@ -54,7 +54,8 @@ class EnvelopeWriter:
     """
 
     def __init__(
-        self, sink: ObjectWriter, wrapper: KeyWrapper, object_id: str, *, embed_key: bool = True
+        self, sink: ObjectWriter, wrapper: KeyWrapper, object_id: str, *, embed_key: bool = True,
+        hash_ciphertext: bool = True,
     ) -> None:
         fmt.check_object_id(object_id)
         self._sink = sink
@@ -67,7 +68,8 @@ class EnvelopeWriter:
         self._pt_size = 0
         self._pt_hash = hashlib.sha256()
         self._ct_size = 0
-        self._ct_hash = hashlib.sha256()
+        # Only callers that record the ciphertext digest pay for it (a second SHA-256).
+        self._ct_hash = hashlib.sha256() if hash_ciphertext else None
         self._state = "open"  # -> "closed" | "aborted" | "failed"
         header = fmt.encode_header(
             object_id, wrapper.key_id, wrapper.scheme, self._wrapped if embed_key else None
@@ -81,7 +83,8 @@ class EnvelopeWriter:
             self._state = "failed"  # the sink holds a torn stream; never finish it
             raise
         self._ct_size += len(blob)
-        self._ct_hash.update(blob)
+        if self._ct_hash is not None:
+            self._ct_hash.update(blob)
 
     def _emit(self, plaintext: BytesLike, last: bool) -> None:
         # A fresh bytes object per segment: sinks may keep references to what they get.
@@ -163,8 +166,12 @@ class EnvelopeWriter:
 
     @property
     def ciphertext_sha256(self) -> str:
-        """Hex SHA-256 of every byte written to the sink, header included (after close)."""
+        """Hex SHA-256 of every byte written to the sink, header included (after close).
+
+        ``ValueError`` if the writer was made with ``hash_ciphertext=False``."""
         self._finished()
+        if self._ct_hash is None:
+            raise ValueError("this envelope was sealed without a ciphertext digest")
         return self._ct_hash.hexdigest()
 
     @property
@@ -181,15 +188,19 @@ class EnvelopeWriter:
 
 
 def seal(
-    sink: ObjectWriter, wrapper: KeyWrapper, object_id: str, *, embed_key: bool = True
+    sink: ObjectWriter, wrapper: KeyWrapper, object_id: str, *, embed_key: bool = True,
+    hash_ciphertext: bool = True,
 ) -> EnvelopeWriter:
     """Start an envelope for ``object_id`` in ``sink``; the header is written immediately.
 
     ``embed_key=False`` leaves the wrapped DEK out of the object (``"detached": true``);
     the caller must then store ``wrapped_key`` elsewhere -- destroying that copy shreds
-    the object and all its backups.  Raises ``InvalidKeyError`` for a bad object id.
+    the object and all its backups.  ``hash_ciphertext=False`` skips the ciphertext
+    digest (for objects whose caller never records it).  Raises ``InvalidKeyError`` for
+    a bad object id.
     """
-    return EnvelopeWriter(sink, wrapper, object_id, embed_key=embed_key)
+    return EnvelopeWriter(sink, wrapper, object_id, embed_key=embed_key,
+                          hash_ciphertext=hash_ciphertext)
 
 
 def peek_header(source: BinaryIO) -> Header:

@@ -167,6 +167,50 @@ class LocalStorage:
         fsync_dir(meta_path.parent)
         fsync_dir(data_path.parent)
 
+    def duplicate(self, src_key: str, dst_key: str) -> None:
+        """See :meth:`storage.base.Storage.duplicate`.
+
+        A hard link of the committed (already fsynced) data file into ``partial/``,
+        then the ordinary commit (metadata sidecar, two renames, directory fsyncs): no
+        byte is copied, and a crash leaves at most a partial for the sweeper.  Where the
+        file system refuses links, the bytes are copied through :meth:`writer`.
+        """
+        src_path = self._path(self._objects, src_key)
+        data_path = self._path(self._objects, dst_key)
+        meta_path = self._path(self._meta, dst_key)
+        if self._stat(src_key) is None:
+            raise ObjectNotFoundError(f"no object {src_key!r}")
+        meta_blob = json.dumps(self._read_meta(src_key), sort_keys=True).encode()
+        token = secrets.token_hex(16)
+        data_partial = self._partial / f"{token}.data"
+        meta_partial = self._partial / f"{token}.meta"
+        try:
+            os.link(src_path, data_partial, follow_symlinks=False)
+        except MISSING as exc:
+            raise ObjectNotFoundError(f"no object {src_key!r}") from exc
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            self._copy(src_key, dst_key)
+            return
+        try:
+            fd = create_private(meta_partial)
+            with os.fdopen(fd, "wb") as meta_stream:
+                meta_stream.write(meta_blob)
+                meta_stream.flush()
+                os.fsync(meta_stream.fileno())
+            self._commit(dst_key, data_partial, meta_partial, data_path, meta_path)
+        except BaseException:
+            for leftover in (data_partial, meta_partial):
+                unlink_quietly(leftover)
+            raise
+
+    def _copy(self, src_key: str, dst_key: str) -> None:
+        with self.open(src_key) as source, \
+                self.writer(dst_key, self._read_meta(src_key)) as out:
+            while chunk := source.read(1 << 20):
+                out.write(chunk)
+
     # -- reading -----------------------------------------------------------------------
 
     def open(self, key: str) -> BinaryIO:

@@ -109,6 +109,13 @@ class MemoryStorage:
         with self._lock:
             return key in self._objects
 
+    def duplicate(self, src_key: str, dst_key: str) -> None:
+        """See :meth:`storage.base.Storage.duplicate`."""
+        data, metadata = self._get(src_key)
+        validate_key(dst_key)
+        with self._lock:
+            self._objects[dst_key] = (data, dict(metadata))
+
     def delete(self, key: str) -> None:
         """See :meth:`storage.base.Storage.delete` (idempotent)."""
         validate_key(key)

@@ -505,6 +505,10 @@ class S3Storage:
                 _log.warning("could not abort copy upload of %r; sweep will", dst_key)
             raise
 
+    def duplicate(self, src_key: str, dst_key: str) -> None:
+        """See :meth:`storage.base.Storage.duplicate`: a server-side copy in this bucket."""
+        self.copy_from(self, src_key, dst_key)
+
     # -- reading -----------------------------------------------------------------------
 
     def open(self, key: str) -> BinaryIO:

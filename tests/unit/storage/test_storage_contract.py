@@ -267,3 +267,21 @@ def test_concurrent_writers(storage: Storage) -> None:
     assert errors == []
     assert len(list(storage.keys())) == 60
     assert read_bytes(storage, "t3/o7") == b"3-7" * 100
+
+
+def test_duplicate_is_an_independent_exact_copy(storage: Storage) -> None:
+    data = os.urandom((1 << 20) + 5)
+    put_bytes(storage, "staging/a.1", data, {"created": "1"})
+    storage.duplicate("staging/a.1", "vault/a.1")
+    assert read_bytes(storage, "vault/a.1") == data
+    assert storage.head("vault/a.1").metadata == {"created": "1"}
+    storage.delete("staging/a.1")  # the copy outlives its source
+    assert read_bytes(storage, "vault/a.1") == data
+    assert sorted(storage.keys()) == ["vault/a.1"]
+    assert storage.cleanup_partials(0) == 0  # nothing left half-done
+
+
+def test_duplicate_of_a_missing_object_raises(storage: Storage) -> None:
+    with pytest.raises(ObjectNotFoundError):
+        storage.duplicate("staging/none", "vault/none")
+    assert list(storage.keys()) == []

@@ -134,3 +134,14 @@ def test_missing_metadata_sidecar_means_empty(tmp_path: Path) -> None:
     assert store.head("k").metadata == {}
     with pytest.raises(ObjectNotFoundError):
         store.head("other")
+
+
+def test_duplicate_links_instead_of_copying(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path / "vault")
+    put_bytes(store, "staging/x.1", b"sealed bytes")
+    store.duplicate("staging/x.1", "vault/x.1")
+    a = (tmp_path / "vault/objects/staging/x.1").stat()
+    b = (tmp_path / "vault/objects/vault/x.1").stat()
+    assert (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev) and b.st_nlink == 2
+    assert stat.S_IMODE(b.st_mode) == 0o600
+    assert list((tmp_path / "vault/partial").iterdir()) == []
