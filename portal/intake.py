@@ -11,13 +11,18 @@ Security invariants:
   after that.  A crash in between leaves an object without a row, which
   :func:`portal.pipeline.reconcile` removes once it is old enough.
 * The object key is a generated id, never the user's file name.
+
+Each chunk also goes to clamd as it arrives (:mod:`portal.receiptscan`), so
+the scan is under way when the last byte lands; the worker still decides.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import queue
 import secrets
+import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -34,10 +39,12 @@ from storage.errors import StorageError
 
 from .audit import Actor, Tag, record
 from .models import ClientUser, Purpose, Status, Upload, UploadEvent, utcnow
+from .receiptscan import ReceiptScan
 from .services import Services
 
 SNIFF_BYTES = 8192
 READ_CHUNK = 128 << 10  # per read of the body: gunicorn copies it 2-3 times (web RSS)
+PIPELINE_DEPTH = 3  # chunks read ahead of the sealing thread (memory: 3 x READ_CHUNK)
 
 
 class IntakeError(Exception):
@@ -105,6 +112,8 @@ class Received:
     size: int
     sha256: str
     sniffed: str
+    # The stream to clamd started while receiving (None: not scanned on receipt).
+    scan: ReceiptScan | None = None
 
 
 class IntakeSink:
@@ -112,6 +121,12 @@ class IntakeSink:
 
     Call :meth:`finish` to commit, or :meth:`abort` to discard.  Until
     ``finish`` returns nothing is visible in the drop zone.
+
+    The work on each chunk (SHA-256, AES-GCM, the write, the copy to clamd)
+    runs in a thread of its own, at most ``PIPELINE_DEPTH`` chunks behind the
+    request thread, so that it overlaps reading (and TLS-decrypting) the next
+    chunk; both release the GIL for their heavy parts.  A failure there is
+    raised by the next :meth:`write` or by :meth:`finish`.
     """
 
     def __init__(self, services: Services, max_bytes: int) -> None:
@@ -122,16 +137,20 @@ class IntakeSink:
         self._head = bytearray()
         self._stack = contextlib.ExitStack()
         self._done = False
+        self._queue: queue.Queue[bytes | None] = queue.Queue(PIPELINE_DEPTH)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
         try:
             writer = self._stack.enter_context(
                 services.dropzone.writer(self.key, {"created": str(int(time.time()))})
             )
             # Sealing may call KMS (storage.kms): refused or unreachable is
             # a storage failure too, answered 503, never a 500.
-            self._seal = seal(writer, services.dropzone_key, self.key)
+            self._seal = seal(writer, services.dropzone_key, self.key, hash_ciphertext=False)
         except (OSError, StorageError) as exc:
             self._stack.close()
             raise storage_failure(exc) from exc
+        self._scan = ReceiptScan.start(services)
 
     # -- the file-like surface Werkzeug's multipart parser uses ------------
     def write(self, data: bytes) -> int:
@@ -143,12 +162,42 @@ class IntakeSink:
             raise UploadTooLargeError()
         if len(self._head) < SNIFF_BYTES:
             self._head += data[: SNIFF_BYTES - len(self._head)]
-        try:
-            self._seal.write(data)
-        except (OSError, StorageError) as exc:
-            self.abort()  # the backend drops its partial write
-            raise storage_failure(exc) from exc
+        self._raise_failure()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._pump, name="kinko-intake",
+                                            daemon=True)
+            self._thread.start()
+        # bytes are immutable: the caller cannot change what is still queued.
+        self._queue.put(data if isinstance(data, bytes) else bytes(data))
         return len(data)
+
+    def _pump(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drain: the request thread raises it
+            try:
+                self._seal.write(data)
+            except BaseException as exc:  # noqa: BLE001 - handed to the request thread
+                self._error = exc
+                continue
+            if self._scan is not None:
+                self._scan.feed(data)
+
+    def _stop_pump(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _raise_failure(self) -> None:
+        """The pump's failure, as the refusal the client gets (nothing kept)."""
+        exc = self._error
+        if exc is None:
+            return
+        self.abort()  # the backend drops its partial write
+        if isinstance(exc, (OSError, StorageError)):
+            raise storage_failure(exc) from exc
+        raise exc
 
     def seek(self, offset: int, whence: int = 0) -> int:
         # Werkzeug rewinds the container after writing; nothing to rewind here.
@@ -175,6 +224,15 @@ class IntakeSink:
     def finish(self) -> Received:
         if self._done:
             raise ValueError("sink is closed")
+        self._stop_pump()
+        self._raise_failure()
+        scan = self._scan
+        if scan is not None:
+            # Everything is sent: clamd scans while the object is committed
+            # and the row written (its answer is recorded only for a row).
+            scan.finish(self.upload_id)
+            if not scan.live:
+                scan = None
         try:
             self._seal.close()
             self._stack.close()  # commits the object atomically
@@ -184,12 +242,15 @@ class IntakeSink:
         self._done = True
         # The envelope writer hashed the plaintext on the way: one pass only.
         return Received(self.upload_id, self.key, self._size, self._seal.plaintext_sha256,
-                        sniff(bytes(self._head)))
+                        sniff(bytes(self._head)), scan)
 
     def abort(self) -> None:
         if self._done:
             return
         self._done = True
+        self._stop_pump()
+        if self._scan is not None:
+            self._scan.cancel()
         # Leave the writer through an exception path: the backend discards it.
         with contextlib.suppress(_Abort):
             self._stack.__exit__(_Abort, _Abort(), None)
@@ -230,6 +291,8 @@ def register(
     uses it to turn exactly one assembled object into the upload).
     """
     if received.size == 0:
+        if received.scan is not None:
+            received.scan.cancel()
         services.dropzone.delete(received.key)
         reject(services, user, "empty", remote_addr)
         raise IntakeError("empty")
@@ -237,6 +300,8 @@ def register(
         upload = _insert_row(services, received, user=user, filename=filename,
                              purpose_code=purpose_code, remote_addr=remote_addr, claim=claim)
     except BaseException:
+        if received.scan is not None:
+            received.scan.cancel()
         # No row (the database is locked or down): the stored object must not
         # outlive the request.  If this delete fails too, the reconciler
         # removes the orphan once it is KINKO_ORPHAN_AGE_SECONDS old.  (With
@@ -246,6 +311,8 @@ def register(
                 services.dropzone.delete(received.key)
         raise
     services.enqueue.scan(upload.id)
+    if received.scan is not None:
+        received.scan.registered()
     return upload
 
 
@@ -268,6 +335,8 @@ def _insert_row(services: Services, received: Received, *, user: ClientUser, fil
             # assumes the job was lost and queues it again.
             next_attempt_at=utcnow() + timedelta(minutes=5),
         )
+        if received.scan is not None:
+            upload.prescan, upload.prescan_until = "pending", received.scan.until
         db.add(upload)
         db.add(UploadEvent(upload_id=upload.id, status=Status.RECEIVED))
         if claim is not None:

@@ -5,7 +5,9 @@ line; the database row is the single source of truth and each step is a
 compare-and-set on its status.
 
 Scan (worker) is one decrypting pass over the drop-zone object.  Each chunk
-goes to clamd (INSTREAM), to the plaintext SHA-256, to the CSV NUL check, and
+goes to clamd (INSTREAM; unless the client app streamed the upload to clamd
+while receiving it, portal.receiptscan: then its recorded answer is taken for
+these bytes, see ``_Prescan``), to the plaintext SHA-256, to the CSV NUL check, and
 into a *staged* vault object ``staging/<id>.<attempt>``: sealed to the vault
 *public* key under a fresh data key, for the object id ``vault/<id>.<attempt>``.
 While clamd scans what it was sent, a thread closes the staged object (fsync,
@@ -19,8 +21,9 @@ transaction, the staged key, its wrapped data key and ciphertext digest
 Pull (drop zone → vault) is copy → verify → commit → delete:
 
 1. copy: with a staged copy, its sealed bytes are copied to
-   ``vault/<id>.<attempt>`` (promotion; the staged ciphertext digest must
-   match); without one (or if it is unusable), the drop-zone object is
+   ``vault/<id>.<attempt>`` inside the vault backend (promotion,
+   ``Storage.duplicate``: a hard link on disk, a server-side copy on S3);
+   without one (or if it is unusable), the drop-zone object is
    decrypted and re-encrypted to the vault public key under a fresh data key
    at a new attempt key;
 2. verify: read the copy back (promotion: its ciphertext digest; fresh copy:
@@ -136,11 +139,13 @@ def scan_upload(services: Services, upload_id: str, *,
                    company_id=upload.company_id, upload_id=upload.id)
         filename, size, expected = upload.filename, upload.size, upload.sha256
         attempts = upload.scan_attempts
+        prescan = _Prescan(upload.prescan, upload.prescan_until)
 
     stage = _Stage(services, upload_id)
     try:
         with _Heartbeat(services, upload_id, lease):
-            verdict, result = _inspect(services, upload_id, filename, size, expected, stage)
+            verdict, result = _inspect(services, upload_id, filename, size, expected, stage,
+                                       prescan)
     except ScannerUnavailableError as exc:
         stage.discard()
         return _defer(services, upload_id, attempts, type(exc).__name__)
@@ -158,7 +163,7 @@ def scan_upload(services: Services, upload_id: str, *,
                                 Tag.SCAN_REFUSED)
     assert result is not None
     if result.verdict == "clean":
-        outcome = _finish_clean(services, upload_id, stage)
+        outcome = _finish_clean(services, upload_id, stage, on_receipt=prescan.used)
         if outcome.auto_pull:
             if pull_inline:
                 _pull_inline(services, upload_id)
@@ -169,7 +174,38 @@ def scan_upload(services: Services, upload_id: str, *,
     status = Status.INFECTED if result.verdict == "infected" else Status.REFUSED
     tag = Tag.SCAN_INFECTED if status == Status.INFECTED else Tag.SCAN_REFUSED
     return _finish_rejected(services, upload_id, status, result.reason or "malware",
-                            result.signature, tag)
+                            result.signature, tag, on_receipt=prescan.used)
+
+
+class _Prescan:
+    """The client app's scan while receiving (portal.receiptscan), as the worker sees it."""
+
+    def __init__(self, state: str | None, until: datetime | None) -> None:
+        # ``failed`` (or never tried): nothing to wait for, the worker scans.
+        self.expected = state is not None and state != "failed"
+        self.until = aware_utc(until) if until is not None else None
+        self.used = False
+
+    def wait(self, services: Services, upload_id: str) -> ScanResult | None:
+        """clamd's answer recorded by the client app, or None (scan yourself).
+
+        Waits while it is ``pending``, at most until ``prescan_until``."""
+        pause = 0.02
+        while True:
+            with services.sessions() as db:
+                row = db.execute(select(Upload.prescan, Upload.prescan_reason,
+                                        Upload.prescan_signature)
+                                 .where(Upload.id == upload_id)).one_or_none()
+            state = row[0] if row is not None else None
+            if row is not None and state in ("clean", "infected", "refused"):
+                self.used = True
+                return ScanResult(cast(Any, state), row[2], row[1])
+            if state != "pending" or self.until is None or utcnow() >= self.until:
+                if state == "pending":
+                    log.info("no answer from the scan while receiving %s; scanning", upload_id)
+                return None
+            time.sleep(pause)
+            pause = min(pause * 1.25, 0.25)
 
 
 class _Heartbeat:
@@ -333,8 +369,14 @@ class _Stage:
 
 
 def _inspect(services: Services, upload_id: str, filename: str, size: int,
-             expected_sha256: str, stage: _Stage) -> tuple[str | None, ScanResult | None]:
-    """(policy refusal code, None) or (None, clamd result).  One pass over the bytes."""
+             expected_sha256: str, stage: _Stage,
+             prescan: _Prescan) -> tuple[str | None, ScanResult | None]:
+    """(policy refusal code, None) or (None, clamd result).  One pass over the bytes.
+
+    If the client app streamed the upload to clamd while receiving it, the
+    pass runs without clamd and then takes clamd's answer from the row, for
+    these bytes only (the digest check below); without one in time it streams
+    the file to clamd itself."""
     with services.sessions() as db:
         upload = db.get(Upload, upload_id)
         assert upload is not None
@@ -367,7 +409,14 @@ def _inspect(services: Services, upload_id: str, filename: str, size: int,
             stage.finish_async(expected_sha256, size)
 
         try:
-            result = scanner.scan_stream(chunks())
+            if prescan.expected:
+                for _ in chunks():
+                    pass
+                answer = prescan.wait(services, upload_id)
+                result = answer if answer is not None else scanner.scan_stream(
+                    _plain_chunks(services, upload))
+            else:
+                result = scanner.scan_stream(chunks())
         except ScannerError as exc:
             numbers.cancel()
             raise ScannerUnavailableError(str(exc)) from exc
@@ -382,6 +431,12 @@ def _inspect(services: Services, upload_id: str, filename: str, size: int,
         if result.verdict == "clean" and found_nul:
             return "type_not_allowed", None  # a CSV with NUL bytes is not text
         return None, result
+
+
+def _plain_chunks(services: Services, upload: Upload) -> Any:
+    """The drop-zone object decrypted again (a second pass: clamd only)."""
+    with contextlib.closing(_open_dropzone(services, upload)) as reader:
+        yield from reader.iter_chunks(COPY_CHUNK)
 
 
 class _NumberCheck:
@@ -463,7 +518,8 @@ def _defer(services: Services, upload_id: str, attempts: int, why: str) -> ScanO
     return ScanOutcome(Status.SCANNING, retry_in=delay)
 
 
-def _finish_clean(services: Services, upload_id: str, stage: _Stage) -> ScanOutcome:
+def _finish_clean(services: Services, upload_id: str, stage: _Stage, *,
+                  on_receipt: bool = False) -> ScanOutcome:
     """Commit ``clean`` and, in the same transaction, the staged vault copy."""
     staged = stage.wait()
     with services.sessions() as db, db.begin():
@@ -483,7 +539,7 @@ def _finish_clean(services: Services, upload_id: str, stage: _Stage) -> ScanOutc
             upload.vault_key_id = services.vault_public.key_id
         record(db, services.audit_key, Tag.SCAN_CLEAN, SYSTEM,
                company_id=upload.company_id, upload_id=upload_id,
-               details={"kind": upload.kind})
+               details={"kind": upload.kind, **({"on_receipt": True} if on_receipt else {})})
         auto = db.get(Company, upload.company_id)
         auto_pull = bool(auto and auto.auto_pull)
     checkpoint("scan:committed")
@@ -499,7 +555,8 @@ def _delete_staged(services: Services, upload_id: str, keep: str | None = None) 
 
 
 def _finish_rejected(services: Services, upload_id: str, status: Status, reason: str,
-                     signature: str | None, tag: Tag) -> ScanOutcome:
+                     signature: str | None, tag: Tag, *,
+                     on_receipt: bool = False) -> ScanOutcome:
     """Infected or refused: record why, then delete the (encrypted) drop-zone copy."""
     with services.sessions() as db, db.begin():
         upload = db.get(Upload, upload_id)
@@ -518,7 +575,8 @@ def _finish_rejected(services: Services, upload_id: str, status: Status, reason:
             upload.unlock_until = utcnow() + KEEP_FOR
         record(db, services.audit_key, tag, SYSTEM, company_id=upload.company_id,
                upload_id=upload_id, details={"reason": reason, "signature": signature,
-                                             **({"kept_for_opening": True} if keep else {})})
+                                             **({"kept_for_opening": True} if keep else {}),
+                                             **({"on_receipt": True} if on_receipt else {})})
     _delete_staged(services, upload_id)
     if not keep:
         _drop_dropzone_copy(services, upload_id)
@@ -592,21 +650,14 @@ def _promote(services: Services, upload_id: str, actor: Actor, remote_addr: str 
              staged_key: str, wrapped_key: bytes, ciphertext_sha256: str,
              key_id: str) -> Upload:
     """Pull of a staged upload: copy the sealed bytes to ``vault/<id>.<attempt>``
-    (the object id they were sealed for), verify, commit, delete."""
+    (the object id they were sealed for) inside the vault backend, verify their
+    ciphertext digest by reading them back, commit, delete."""
     vault_key = "vault/" + staged_key.removeprefix("staging/")
-    digest = hashlib.sha256()
+    checkpoint("pull:copying")
     try:
-        with contextlib.closing(services.vault.open(staged_key)) as source, \
-                services.vault.writer(vault_key, {"created": str(int(time.time()))}) as out:
-            i = 0
-            while chunk := source.read(COPY_CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
-                if i == 1:
-                    checkpoint("pull:copying")  # a crash with a half-written object
-                i += 1
-            if digest.hexdigest() != ciphertext_sha256:
-                raise IntegrityError("staged vault object differs from what was written")
+        # A hard link on local disk, a server-side copy on S3: the bytes do
+        # not pass through here; the read-back below verifies them.
+        services.vault.duplicate(staged_key, vault_key)
     except (StorageError, OSError) as exc:
         raise _StagedUnusable(type(exc).__name__) from exc
     checkpoint("pull:written")

@@ -125,6 +125,10 @@ class Settings:
     scan_lease_seconds: float = 60.0
     # How many workers `kinko serve` runs itself (0: they run elsewhere).
     serve_workers: int = 1
+    # Scanning while receiving (portal.intake): at most this many uploads per
+    # client-app process stream to clamd as they arrive (0: off; the worker
+    # then streams every file to clamd after the upload, as before).
+    scan_on_receipt: int = 16
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -175,6 +179,7 @@ class Settings:
             database_admin_url=env.get("KINKO_DATABASE_ADMIN_URL") or None,
             scan_lease_seconds=max(3.0, _float(env, "KINKO_SCAN_LEASE_SECONDS", 60.0)),
             serve_workers=max(0, _int(env, "KINKO_SERVE_WORKERS", 1)),
+            scan_on_receipt=max(0, _int(env, "KINKO_SCAN_ON_RECEIPT", 16)),
             office_allowed_networks=_networks(
                 env.get("KINKO_OFFICE_ALLOWED_NETWORKS") or "127.0.0.0/8,::1/128"),
         )

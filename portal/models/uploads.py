@@ -99,6 +99,18 @@ class Upload(Base):
     # that worker died; the reconciler hands the scan to another one.
     lease_until: Mapped[datetime | None] = mapped_column()
     scanned_at: Mapped[datetime | None] = mapped_column()
+    # Scanned while received (portal.intake, scanners.clamd.StreamScan): the
+    # client app streamed the bytes to clamd as they arrived.  ``prescan`` is
+    # NULL (not tried), ``pending`` until the client app records clamd's
+    # answer (at the latest by ``prescan_until``), then ``clean``,
+    # ``infected``, ``refused`` (with ``prescan_reason``/``_signature``) or
+    # ``failed``.  Only advice to the worker's scan, which still decides: it
+    # takes the answer for the bytes it reads only if their digest is the
+    # recorded one, and scans itself after ``failed`` or a missed deadline.
+    prescan: Mapped[str | None] = mapped_column(String(16))
+    prescan_reason: Mapped[str | None] = mapped_column(String(32))
+    prescan_signature: Mapped[str | None] = mapped_column(String(200))
+    prescan_until: Mapped[datetime | None] = mapped_column()
     # Check-digit report for csv/xlsx/ods (NULL: not a spreadsheet or not checked).
     # Counts and cell positions only, never the numbers: see scanners.numbers_scan.
     mynumber_found: Mapped[int | None] = mapped_column(Integer)
