@@ -11,9 +11,11 @@ answer instead of streaming the file to clamd a second time.
 
 Fail closed, and never in the upload's way:
 
-* feeding never blocks the upload: if clamd falls more than ``MAX_PENDING``
-  behind, hangs up, or cannot be reached, the scan is abandoned and the
-  worker scans the stored copy as before (``prescan`` ``failed`` or NULL);
+* feeding runs in the intake's sealing thread and waits for clamd only while
+  it is more than ``MAX_PENDING`` behind, at most ``STALL_S`` in one go: if
+  clamd stays behind, hangs up, or cannot be reached, the scan is abandoned
+  and the worker scans the stored copy as before (``prescan`` NULL, or
+  ``failed``);
 * the answer is recorded only for a stream that was sent whole, and only
   ``stream: OK`` is ``clean`` (:func:`scanners.clamd.parse_scan_reply`);
 * it is advice: the worker takes it only for bytes whose digest is the one
@@ -41,7 +43,8 @@ from .models import Upload, utcnow
 from .services import Services
 
 log = logging.getLogger(__name__)
-MAX_PENDING = 1 << 20  # bytes clamd may lag behind the upload before we give up
+MAX_PENDING = 256 << 10  # bytes clamd may lag behind the upload before it is waited for
+STALL_S = 2.0  # ... at most this long in one go; then the worker scans instead
 _GRACE = timedelta(seconds=5)  # after clamd's deadline: the row update itself
 
 _slots_lock = threading.Lock()
@@ -81,7 +84,7 @@ class ReceiptScan:
             client = services.scanner()
             if client is None:
                 raise ScannerError("no clamd configured")
-            stream = StreamScan(client, max_pending=MAX_PENDING)
+            stream = StreamScan(client, max_pending=MAX_PENDING, stall=STALL_S)
         except (ScannerError, OSError, ValueError) as exc:
             slot.release()
             log.info("no scan while receiving (%s)", type(exc).__name__)

@@ -8,6 +8,7 @@ non-clean verdict or :class:`~scanners.errors.ScannerUnavailableError` ("not sca
 from __future__ import annotations
 
 import re
+import select
 import socket
 import struct
 import time
@@ -253,9 +254,11 @@ class StreamScan:
 
     Made for scanning an upload *while it is received*: :meth:`feed` hands each chunk to
     the socket without blocking (what clamd has not taken yet waits in a buffer of at
-    most ``max_pending`` bytes); when clamd falls behind further than that, or hangs up,
-    or anything else goes wrong, the session is *abandoned* (:attr:`failed` says why) and
-    can never yield a verdict: the caller scans the stored copy later instead.
+    most ``max_pending`` bytes); when clamd falls behind further than that, the feeder
+    waits for it, but never longer than ``stall`` seconds in one go.  When clamd stays
+    behind past that, or hangs up, or anything else goes wrong, the session is
+    *abandoned* (:attr:`failed` says why) and can never yield a verdict: the caller
+    scans the stored copy later instead.
     :meth:`result` (blocking, bounded by the client's timeout from the moment it is
     called) sends the rest and the end-of-stream marker and parses the reply with
     :func:`parse_scan_reply`, so the only clean outcome is still ``stream: OK`` for a
@@ -264,9 +267,10 @@ class StreamScan:
     """
 
     def __init__(self, client: ClamdClient, *, max_pending: int = 1 << 20,
-                 connect_timeout: float = 2.0) -> None:
+                 stall: float = 0.0, connect_timeout: float = 2.0) -> None:
         self._client = client
         self._max_pending = max_pending
+        self._stall = stall
         self._pending = bytearray()
         self.failed: str | None = None
         self.sent = 0
@@ -282,20 +286,57 @@ class StreamScan:
             raise ScannerUnavailableError(f"sending to clamd failed: {exc}") from exc
 
     def feed(self, data: bytes) -> bool:
-        """Queue ``data`` for clamd; False once the session is abandoned.  Never blocks."""
+        """Queue ``data`` for clamd; False once the session is abandoned.
+
+        Blocks only while more than ``max_pending`` bytes wait, at most ``stall`` s."""
         if self.failed is not None or not data:
             return self.failed is None
         size = self._client.chunk_size
         view = memoryview(data)
         for start in range(0, len(view), size):
-            piece = view[start : start + size]
-            self._pending += struct.pack(">I", len(piece))
-            self._pending += piece
+            self._send_frame(view[start : start + size])
+            if self.failed is not None:
+                return False
         self.sent += len(data)
-        self._drain()
-        if self.failed is None and len(self._pending) > self._max_pending:
-            self.abandon("backpressure")
+        if len(self._pending) > self._max_pending:
+            self._catch_up()
         return self.failed is None
+
+    def _send_frame(self, piece: memoryview) -> None:
+        """Send one frame; only what the socket does not take now is copied aside."""
+        header = struct.pack(">I", len(piece))
+        if self._pending:
+            self._pending += header
+            self._pending += piece
+            self._drain()
+            return
+        assert self._sock is not None
+        try:
+            sent = self._sock.sendmsg([header, piece])  # gathered: no copy of the chunk
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:  # clamd hung up (StreamMaxLength, restart ...)
+            self.abandon(type(exc).__name__)
+            return
+        if sent < len(header):
+            self._pending += header[sent:]
+            self._pending += piece
+        elif sent < len(header) + len(piece):
+            self._pending += piece[sent - len(header):]
+
+    def _catch_up(self) -> None:
+        """Wait (at most ``stall`` s) until clamd has taken all but ``max_pending``."""
+        assert self._sock is not None
+        deadline = time.monotonic() + self._stall
+        poller = select.poll()
+        poller.register(self._sock, select.POLLOUT)
+        while self.failed is None and len(self._pending) > self._max_pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.abandon("backpressure")
+                return
+            if poller.poll(left * 1000):
+                self._drain()
 
     def _drain(self) -> None:
         assert self._sock is not None

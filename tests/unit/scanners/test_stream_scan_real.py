@@ -24,11 +24,16 @@ def _feed(stream: StreamScan, data: bytes, chunk: int = 128 << 10) -> bool:
 
 
 def test_clean_and_infected_like_scan_stream(clamd_client: ClamdClient) -> None:
-    clean = StreamScan(clamd_client)
+    # Fed from memory, faster than clamd takes it: the feeder waits for clamd.
+    clean = StreamScan(clamd_client, max_pending=256 << 10, stall=30)
+    assert _feed(clean, os.urandom(24 << 20), chunk=100_000)
+    assert clean.result().verdict == "clean"
+
+    clean = StreamScan(clamd_client, max_pending=64 << 20)
     assert _feed(clean, os.urandom(3 << 20), chunk=100_000)
     assert clean.result().verdict == "clean"
 
-    infected = StreamScan(clamd_client)
+    infected = StreamScan(clamd_client, max_pending=64 << 20)
     data = os.urandom(300_000) + eicar_bytes() + os.urandom(300_000)
     assert _feed(infected, data, chunk=7_000)  # the signature spans several chunks
     result = infected.result()
@@ -68,6 +73,9 @@ def test_paused_clamd_never_blocks_the_feeder(
         assert big.failed == "backpressure"
         with pytest.raises(ScannerUnavailableError):
             big.result()
+        patient = StreamScan(client, max_pending=1 << 20, stall=0.3)
+        assert _feed(patient, os.urandom(16 << 20)) is False  # waited, then gave up
+        assert patient.failed == "backpressure"
 
         small = StreamScan(client)
         assert small.feed(b"fits in the socket buffer")
