@@ -19,7 +19,9 @@ the scan is under way when the last byte lands; the worker still decides.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import functools
 import queue
 import secrets
 import threading
@@ -28,7 +30,7 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -43,8 +45,9 @@ from .receiptscan import ReceiptScan
 from .services import Services
 
 SNIFF_BYTES = 8192
-READ_CHUNK = 128 << 10  # per read of the body: gunicorn copies it 2-3 times (web RSS)
-PIPELINE_DEPTH = 3  # chunks read ahead of the sealing thread (memory: 3 x READ_CHUNK)
+READ_CHUNK = 64 << 10  # per read of the body: gunicorn copies it 2-3 times, and up to
+# PIPELINE_DEPTH reads wait for the sealing thread (web RSS, docs/performance.md)
+PIPELINE_DEPTH = 4  # chunks read ahead of the sealing thread (memory: 4 x READ_CHUNK)
 
 
 class IntakeError(Exception):
@@ -188,6 +191,8 @@ class IntakeSink:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+            if self._size >= TRIM_AFTER:
+                _trim_heap()
 
     def _raise_failure(self) -> None:
         """The pump's failure, as the refusal the client gets (nothing kept)."""
@@ -262,6 +267,28 @@ class IntakeSink:
 
 class _Abort(Exception):
     pass
+
+
+TRIM_AFTER = 8 << 20  # an upload this big has churned through the C heap
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return cast(Callable[[int], int], ctypes.CDLL(None).malloc_trim)
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def _trim_heap() -> None:
+    """Give the C heap's free pages back to the OS (glibc ``malloc_trim``).
+
+    A big upload passes hundreds of megabytes through short-lived 64-128 KiB
+    buffers in two threads; glibc keeps some of the freed pages, and the
+    client app's memory target (docs/performance.md) has no room for them."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def active_purpose(services: Services, code: str | None) -> Purpose:

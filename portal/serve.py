@@ -49,9 +49,13 @@ def serve(settings: Settings, *, banner: str = "") -> int:
                 print("WARNING: clamd runs with kinko's test signature only (no official "
                       "ClamAV database here: freshclam needs the internet).", file=sys.stderr)
         env = dict(os.environ, KINKO_HOME=str(settings.home))
+        # Each upload seals in a thread of its own (portal.intake), and glibc
+        # gives threads malloc arenas of their own: two are plenty for the
+        # client app and keep its memory flat (docs/performance.md).
+        web_env = {"MALLOC_ARENA_MAX": "2", **env}
         procs.append(("client app", subprocess.Popen(
             _gunicorn("portal.client:create_app()", settings.client_host, settings.client_port),
-            env=env)))
+            env=web_env)))
         procs.append(("office app", subprocess.Popen(
             _gunicorn("portal.office:create_app()", settings.office_host, settings.office_port),
             env=env)))
