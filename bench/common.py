@@ -320,7 +320,14 @@ class Bench:
                 "queue": at.get("scanning", t_201) - at["received"],
                 "scan": at.get("clean", t_201) - at.get("scanning", t_201),
                 "pull": at["vaulted"] - at.get("clean", t_201),
-                "after_201": at["vaulted"] - t_201}
+                "after_201": at["vaulted"] - t_201,
+                # 1: clamd's verdict came from the scan while receiving (portal.receiptscan)
+                "on_receipt": float(self.prescan(r.json()["id"]) == "clean")}
+
+    def prescan(self, upload_id: str) -> str | None:
+        with self.stack.db() as db:
+            row = db.execute("SELECT prescan FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+        return row[0] if row else None
 
 
 def event_times(body: dict[str, Any]) -> dict[str, float]:
