@@ -21,7 +21,8 @@ POLL_INITIAL_S = 0.02
 POLL_MAX_S = 0.1
 
 
-def run_worker(settings: Settings, threads: int = 2) -> None:
+def run_worker(settings: Settings, threads: int | None = None) -> None:
+    threads = threads or settings.worker_threads
     huey = make_huey(settings)
     holder: dict[str, Services] = {}
     lock = threading.Lock()
@@ -44,7 +45,7 @@ def run_worker(settings: Settings, threads: int = 2) -> None:
     status.start_scanner_monitor(svc)
     # Polling an idle SQLite queue: at most POLL_MAX_S apart, so a new job
     # waits ~POLL_MAX_S/2 on average; each poll is one indexed SELECT
-    # (about 20 a second for two threads: no busy loop).
+    # (about 10 a second per thread: no busy loop).
     consumer = huey.create_consumer(
         workers=threads, worker_type="thread", periodic=True,
         initial_delay=POLL_INITIAL_S, backoff=1.5, max_delay=POLL_MAX_S,
