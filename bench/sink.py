@@ -1,7 +1,7 @@
 """The minimal sink: the reference for "receiving bytes over HTTPS" (bench only).
 
 Served by the same gunicorn config as the client app (`portal.gunicorn_conf`:
-gthread, same TLS certificate), it reads the request body in 128 KiB chunks, as
+gthread, same TLS certificate), it reads the request body in 64 KiB chunks, as
 `portal.intake` does, and throws it away.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-CHUNK = 128 << 10  # portal.intake.READ_CHUNK
+CHUNK = 64 << 10  # portal.intake.READ_CHUNK
 
 
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

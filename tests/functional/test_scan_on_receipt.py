@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -95,3 +96,41 @@ def test_off_means_the_worker_streams_every_file(
         assert scan_events(stack, up)[-1] == ("system:scan:clean", {"kind": "csv"})
     finally:
         teardown_stack(stack)
+
+
+@pytest.fixture(scope="module")
+def short_scans(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    require_clamd()
+    s = build_stack(tmp_path_factory.mktemp, extra_env={"KINKO_SCAN_TIMEOUT": "4"})
+    try:
+        yield s
+    finally:
+        teardown_stack(s)
+
+
+def test_a_hung_clamd_holds_no_upload_and_passes_nothing(short_scans: Stack) -> None:
+    stack = short_scans
+    token = stack.token("acme", "hr")
+    small = b"a,b\n1,2\n"  # fits in the socket: its stream ends, the answer never comes
+    big = b"id,memo\n" + os.urandom(3 << 20).hex().encode()  # clamd falls behind: abandoned
+    stack.clamd.pause()  # SIGSTOP: connections are accepted, nothing is read
+    try:
+        ids = []
+        for name, data in (("hung-small.csv", small), ("hung-big.csv", big)):
+            r = stack.api_upload(token, data, name)
+            assert r.status_code == 201, r.text  # received and stored all the same
+            ids.append(r.json()["id"])
+        deadline = time.monotonic() + 60
+        while not all("system:scan:deferred" in [a for a, _ in scan_events(stack, up)]
+                      for up in ids):
+            assert time.monotonic() < deadline, [scan_events(stack, up) for up in ids]
+            for up in ids:
+                assert stack.status(token, up)["status"] in {"received", "scanning"}
+            time.sleep(0.5)
+        assert prescan_of(stack, ids[0]) == "failed"  # the client app gave up waiting
+        assert prescan_of(stack, ids[1]) is None  # abandoned while receiving
+    finally:
+        stack.clamd.resume()
+    for up in ids:
+        assert stack.wait_for(token, up, {"clean", "infected", "refused"})["status"] == "clean"
+    check_invariants(stack, markers=[big[-64:]])
