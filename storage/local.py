@@ -126,12 +126,8 @@ class LocalStorage:
             stream.flush()
             os.fsync(stream.fileno())
             stream.close()
-            fd = create_private(meta_partial)
-            with os.fdopen(fd, "wb") as meta_stream:
-                meta_stream.write(meta_blob)
-                meta_stream.flush()
-                os.fsync(meta_stream.fileno())
-            self._commit(key, data_partial, meta_partial, data_path, meta_path)
+            self._commit_with_meta(key, meta_blob, data_partial, meta_partial, data_path,
+                                   meta_path)
         except BaseException:
             # Nothing may become visible: drop both partials (the old object is untouched
             # because nothing was renamed over it yet, or the rename failed atomically).
@@ -147,6 +143,19 @@ class LocalStorage:
                 except FileNotFoundError:
                     pass
             raise
+
+    def _commit_with_meta(
+        self, key: str, meta_blob: bytes, data_partial: Path, meta_partial: Path,
+        data_path: Path, meta_path: Path,
+    ) -> None:
+        """Write and fsync the metadata partial, then commit both (the data partial is
+        already complete and fsynced)."""
+        fd = create_private(meta_partial)
+        with os.fdopen(fd, "wb") as meta_stream:
+            meta_stream.write(meta_blob)
+            meta_stream.flush()
+            os.fsync(meta_stream.fileno())
+        self._commit(key, data_partial, meta_partial, data_path, meta_path)
 
     def _commit(
         self, key: str, data_partial: Path, meta_partial: Path, data_path: Path, meta_path: Path
@@ -194,12 +203,8 @@ class LocalStorage:
             self._copy(src_key, dst_key)
             return
         try:
-            fd = create_private(meta_partial)
-            with os.fdopen(fd, "wb") as meta_stream:
-                meta_stream.write(meta_blob)
-                meta_stream.flush()
-                os.fsync(meta_stream.fileno())
-            self._commit(dst_key, data_partial, meta_partial, data_path, meta_path)
+            self._commit_with_meta(dst_key, meta_blob, data_partial, meta_partial, data_path,
+                                   meta_path)
         except BaseException:
             for leftover in (data_partial, meta_partial):
                 unlink_quietly(leftover)
