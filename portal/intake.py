@@ -235,7 +235,7 @@ class IntakeSink:
         if scan is not None:
             # Everything is sent: clamd scans while the object is committed
             # and the row written (its answer is recorded only for a row).
-            scan.finish(self.upload_id)
+            scan.finish(self.upload_id, self._size)
             if not scan.live:
                 scan = None
         try:

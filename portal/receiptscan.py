@@ -101,10 +101,15 @@ class ReceiptScan:
             log.info("scan while receiving abandoned (%s)", self._stream.failed)
             self._release()
 
-    def finish(self, upload_id: str) -> None:
-        """The body is complete and committed: let clamd scan, wait for it in a thread.
+    def finish(self, upload_id: str, size: int) -> None:
+        """The body (``size`` bytes) is complete: let clamd scan, wait for it in a thread.
 
         Sets :attr:`until` (the row's ``prescan_until``) when a verdict may follow."""
+        if self.live and self._stream.sent != size:
+            # Cannot happen (every byte sealed is fed); if it did, the answer
+            # would not be about the stored file.
+            log.error("scan while receiving saw %d of %d bytes", self._stream.sent, size)
+            self._stream.abandon("short")
         if not self.live:
             self.cancel()
             return
