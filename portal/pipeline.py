@@ -412,9 +412,10 @@ def _inspect(services: Services, upload_id: str, filename: str, size: int,
             if prescan.expected:
                 for _ in chunks():
                     pass
-                answer = prescan.wait(services, upload_id)
-                result = answer if answer is not None else scanner.scan_stream(
-                    _plain_chunks(services, upload))
+                result = prescan.wait(services, upload_id)
+                if result is None:  # no answer: the same reader again, to clamd only
+                    reader.seek(0)
+                    result = scanner.scan_stream(reader.iter_chunks(COPY_CHUNK))
             else:
                 result = scanner.scan_stream(chunks())
         except ScannerError as exc:
@@ -431,12 +432,6 @@ def _inspect(services: Services, upload_id: str, filename: str, size: int,
         if result.verdict == "clean" and found_nul:
             return "type_not_allowed", None  # a CSV with NUL bytes is not text
         return None, result
-
-
-def _plain_chunks(services: Services, upload: Upload) -> Any:
-    """The drop-zone object decrypted again (a second pass: clamd only)."""
-    with contextlib.closing(_open_dropzone(services, upload)) as reader:
-        yield from reader.iter_chunks(COPY_CHUNK)
 
 
 class _NumberCheck:
