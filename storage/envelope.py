@@ -55,7 +55,7 @@ class EnvelopeWriter:
 
     def __init__(
         self, sink: ObjectWriter, wrapper: KeyWrapper, object_id: str, *, embed_key: bool = True,
-        hash_ciphertext: bool = True,
+        hash_ciphertext: bool = True, hash_plaintext: bool = True,
     ) -> None:
         fmt.check_object_id(object_id)
         self._sink = sink
@@ -66,7 +66,8 @@ class EnvelopeWriter:
         self._buf = bytearray()
         self._counter = 0
         self._pt_size = 0
-        self._pt_hash = hashlib.sha256()
+        # A caller that already hashes the plaintext it hands over can skip this one.
+        self._pt_hash = hashlib.sha256() if hash_plaintext else None
         self._ct_size = 0
         # Only callers that record the ciphertext digest pay for it (a second SHA-256).
         self._ct_hash = hashlib.sha256() if hash_ciphertext else None
@@ -98,7 +99,8 @@ class EnvelopeWriter:
         view = memoryview(data).cast("B")
         size = len(view)
         self._pt_size += size
-        self._pt_hash.update(view)
+        if self._pt_hash is not None:
+            self._pt_hash.update(view)
         pos = 0
         buf = self._buf
         if buf:
@@ -154,8 +156,12 @@ class EnvelopeWriter:
 
     @property
     def plaintext_sha256(self) -> str:
-        """Hex SHA-256 of the plaintext (after close)."""
+        """Hex SHA-256 of the plaintext (after close).
+
+        ``ValueError`` if the writer was made with ``hash_plaintext=False``."""
         self._finished()
+        if self._pt_hash is None:
+            raise ValueError("this envelope was sealed without a plaintext digest")
         return self._pt_hash.hexdigest()
 
     @property
@@ -189,18 +195,19 @@ class EnvelopeWriter:
 
 def seal(
     sink: ObjectWriter, wrapper: KeyWrapper, object_id: str, *, embed_key: bool = True,
-    hash_ciphertext: bool = True,
+    hash_ciphertext: bool = True, hash_plaintext: bool = True,
 ) -> EnvelopeWriter:
     """Start an envelope for ``object_id`` in ``sink``; the header is written immediately.
 
     ``embed_key=False`` leaves the wrapped DEK out of the object (``"detached": true``);
     the caller must then store ``wrapped_key`` elsewhere -- destroying that copy shreds
     the object and all its backups.  ``hash_ciphertext=False`` skips the ciphertext
-    digest (for objects whose caller never records it).  Raises ``InvalidKeyError`` for
-    a bad object id.
+    digest (for objects whose caller never records it); ``hash_plaintext=False`` the
+    plaintext digest (for callers that hash the very bytes they write themselves).
+    Raises ``InvalidKeyError`` for a bad object id.
     """
     return EnvelopeWriter(sink, wrapper, object_id, embed_key=embed_key,
-                          hash_ciphertext=hash_ciphertext)
+                          hash_ciphertext=hash_ciphertext, hash_plaintext=hash_plaintext)
 
 
 def peek_header(source: BinaryIO) -> Header:

@@ -10,7 +10,15 @@ import os
 from typing import Any
 
 import pytest
-from _envelope_helpers import CSEG, SEG, assert_rejected, header_size, read_all, seal_bytes
+from _envelope_helpers import (
+    CSEG,
+    SEG,
+    Sink,
+    assert_rejected,
+    header_size,
+    read_all,
+    seal_bytes,
+)
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from storage import (
@@ -19,6 +27,7 @@ from storage import (
     VaultPrivateKey,
     open_envelope,
     peek_header,
+    seal,
 )
 from storage._format import stream_aad
 
@@ -67,6 +76,21 @@ def test_round_trip(
     assert writer.ciphertext_size == len(blob)
     assert writer.ciphertext_sha256 == hashlib.sha256(blob).hexdigest()
     assert (b'"wk"' in blob[: header_size(blob)]) is embed
+
+
+def test_digests_can_be_left_to_the_caller(sym: SymmetricKey) -> None:
+    # The same bytes whichever digest is skipped; the skipped one is refused, not faked.
+    plaintext = os.urandom(SEG * 2 + 7)
+    sink = Sink()
+    with seal(sink, sym, "obj-1", hash_plaintext=False, hash_ciphertext=False) as writer:
+        writer.write(plaintext)
+    assert read_all(sink.value, data_key=writer.data_key) == plaintext
+    assert writer.plaintext_size == len(plaintext)
+    assert writer.ciphertext_size == len(sink.value)
+    with pytest.raises(ValueError, match="plaintext digest"):
+        _ = writer.plaintext_sha256
+    with pytest.raises(ValueError, match="ciphertext digest"):
+        _ = writer.ciphertext_sha256
 
 
 def test_header_layout_and_stream_construction(sym: SymmetricKey) -> None:
