@@ -11,7 +11,8 @@ these bytes, see ``_Prescan``), to the plaintext SHA-256, to the CSV NUL check, 
 into a *staged* vault object ``staging/<id>.<attempt>``: sealed to the vault
 *public* key under a fresh data key, for the object id ``vault/<id>.<attempt>``.
 While clamd scans what it was sent, a thread closes the staged object (fsync,
-atomic commit) and reads it back with the data key still in memory.  The
+atomic commit) and reads it back (``_read_back``: its ciphertext digest, and
+every segment decrypted with the data key still in memory).  The
 check-digit report of a csv/xlsx/ods runs at the same time in another thread.
 Only clamd's exact ``stream: OK`` commits ``clean`` and, in the same
 transaction, the staged key, its wrapped data key and ciphertext digest
@@ -26,9 +27,10 @@ Pull (drop zone → vault) is copy → verify → commit → delete:
    without one (or if it is unusable), the drop-zone object is
    decrypted and re-encrypted to the vault public key under a fresh data key
    at a new attempt key;
-2. verify: read the copy back (promotion: its ciphertext digest; fresh copy:
-   decrypt with the in-memory data key, the plaintext digest must equal the
-   digest recorded at upload);
+2. verify: read the copy back (promotion: its ciphertext digest, except for a
+   hard link of a staged object that this same job read back moments ago;
+   fresh copy: ``_read_back``, after the sealer's plaintext digest was checked
+   against the digest recorded at upload);
 3. commit ``vaulted`` + the wrapped data key, only if the row is still
    ``clean`` (a concurrent pull that lost the race deletes its own copy);
 4. delete the drop-zone object, then any stale attempt and staged objects.
@@ -91,6 +93,8 @@ class ScanOutcome:
     status: str
     retry_in: float | None = None
     auto_pull: bool = False
+    # The staged vault copy this run wrote and read back (None: none, or not usable).
+    staged_key: str | None = None
 
 
 def _transition(db: Any, upload: Upload, status: Status) -> None:
@@ -166,7 +170,7 @@ def scan_upload(services: Services, upload_id: str, *,
         outcome = _finish_clean(services, upload_id, stage, on_receipt=prescan.used)
         if outcome.auto_pull:
             if pull_inline:
-                _pull_inline(services, upload_id)
+                _pull_inline(services, upload_id, outcome.staged_key)
             else:
                 services.enqueue.pull(upload_id, None)
         return outcome
@@ -240,10 +244,10 @@ class _Heartbeat:
                 log.warning("could not renew the scan lease of %s", self._upload_id)
 
 
-def _pull_inline(services: Services, upload_id: str) -> None:
+def _pull_inline(services: Services, upload_id: str, staged_key: str | None) -> None:
     """The auto-pull of a clean upload, in the scan job (one queue hop less)."""
     try:
-        pull_upload(services, upload_id, SYSTEM)
+        pull_upload(services, upload_id, SYSTEM, read_back_just_now=staged_key)
     except PipelineError as exc:
         log.info("pull of %s skipped: %s", upload_id, exc.code)
     except (StorageError, OSError) as exc:
@@ -287,8 +291,10 @@ class _Stage:
                 self._cm = self._services.vault.writer(
                     self.key, {"created": str(int(time.time()))})
                 self._out = self._cm.__enter__()
+                # No plaintext digest here: _inspect hashes the very chunks it
+                # hands to write() and checks them against the recorded digest.
                 self._sealed = seal(self._out, self._services.vault_public, self.oid,
-                                    embed_key=False)
+                                    embed_key=False, hash_plaintext=False)
             self._sealed.write(chunk)
         except (StorageError, OSError, ValueError) as exc:
             self._fail(exc)
@@ -327,10 +333,10 @@ class _Stage:
         self._cm = None
         cm.__exit__(None, None, None)  # fsync + atomic commit
         checkpoint("scan:staged")
-        if sealed.plaintext_sha256 != expected_sha256 or sealed.plaintext_size != size:
-            raise IntegrityError("staged plaintext differs from the recorded digest")
-        _verify_vault_object(self._services, self.key, sealed.data_key, expected_sha256,
-                             size, sealed.ciphertext_sha256, oid=self.oid)
+        if sealed.plaintext_size != size:
+            raise IntegrityError("staged plaintext differs from the recorded size")
+        _read_back(self._services, self.key, sealed.data_key, size, sealed.ciphertext_sha256,
+                   oid=self.oid)
         self.wrapped_key = sealed.wrapped_key
         self.ciphertext_sha256 = sealed.ciphertext_sha256
         self._sealed = None  # the data key goes with it
@@ -540,7 +546,8 @@ def _finish_clean(services: Services, upload_id: str, stage: _Stage, *,
     checkpoint("scan:committed")
     # Staged copies of earlier, interrupted runs of this scan.
     _delete_staged(services, upload_id, keep=stage.key if staged else None)
-    return ScanOutcome(Status.CLEAN, auto_pull=auto_pull)
+    return ScanOutcome(Status.CLEAN, auto_pull=auto_pull,
+                       staged_key=stage.key if staged else None)
 
 
 def _delete_staged(services: Services, upload_id: str, keep: str | None = None) -> None:
@@ -592,9 +599,12 @@ def _drop_dropzone_copy(services: Services, upload_id: str) -> None:
 # -- pull into the vault ---------------------------------------------------
 
 def pull_upload(services: Services, upload_id: str, actor: Actor,
-                remote_addr: str | None = None) -> Upload:
+                remote_addr: str | None = None, *,
+                read_back_just_now: str | None = None) -> Upload:
     """Move a clean upload into the vault.  Idempotent; see the module doc.
 
+    ``read_back_just_now``: the staged key that the calling scan job wrote and
+    read back moments ago (auto-pull in the same job); see ``_promote``.
     Raises PipelineError("not_found" | "not_clean") and StorageError /
     IntegrityError (the drop-zone copy is then left untouched).
     """
@@ -613,7 +623,8 @@ def pull_upload(services: Services, upload_id: str, actor: Actor,
     if staged[0] and staged[1] and staged[2]:
         try:
             return _promote(services, upload_id, actor, remote_addr, staged[0], staged[1],
-                            staged[2], staged[3] or services.vault_public.key_id)
+                            staged[2], staged[3] or services.vault_public.key_id,
+                            read_back_just_now=read_back_just_now == staged[0])
         except _StagedUnusable as exc:
             # The staged copy is gone or damaged: forget it and copy from the
             # drop zone, which is still there (it goes only after a commit).
@@ -643,22 +654,28 @@ def _forget_staged(services: Services, upload_id: str, staged_key: str) -> None:
 
 def _promote(services: Services, upload_id: str, actor: Actor, remote_addr: str | None,
              staged_key: str, wrapped_key: bytes, ciphertext_sha256: str,
-             key_id: str) -> Upload:
+             key_id: str, *, read_back_just_now: bool = False) -> Upload:
     """Pull of a staged upload: copy the sealed bytes to ``vault/<id>.<attempt>``
     (the object id they were sealed for) inside the vault backend, verify their
-    ciphertext digest by reading them back, commit, delete."""
+    ciphertext digest by reading them back, commit, delete.
+
+    One case is verified without reading: the copy is a hard link (the same
+    inode, checked by the storage) of a staged object that this very job wrote
+    and read back moments ago.  Those bytes were just verified, and a later
+    pull (staff, days later) or a real copy (S3) always reads back."""
     vault_key = "vault/" + staged_key.removeprefix("staging/")
     checkpoint("pull:copying")
     try:
         # A hard link on local disk, a server-side copy on S3: the bytes do
-        # not pass through here; the read-back below verifies them.
-        services.vault.duplicate(staged_key, vault_key)
+        # not pass through here.
+        shared = services.vault.duplicate(staged_key, vault_key)
     except (StorageError, OSError) as exc:
         raise _StagedUnusable(type(exc).__name__) from exc
     checkpoint("pull:written")
 
     try:
-        _verify_ciphertext(services, vault_key, ciphertext_sha256)
+        if not (shared and read_back_just_now):
+            _verify_ciphertext(services, vault_key, ciphertext_sha256)
     except (StorageError, OSError) as exc:
         _delete_unless_committed(services, upload_id, vault_key)
         raise _StagedUnusable(type(exc).__name__) from exc
@@ -742,8 +759,7 @@ def _copy_pull(services: Services, upload_id: str, actor: Actor, remote_addr: st
     checkpoint("pull:written")
 
     try:
-        _verify_vault_object(services, vault_key, sealed.data_key, expected, size,
-                             sealed.ciphertext_sha256)
+        _read_back(services, vault_key, sealed.data_key, size, sealed.ciphertext_sha256)
     except BaseException:
         services.vault.delete(vault_key)
         raise
@@ -765,20 +781,25 @@ def retention_until(db: Any, upload_id: str) -> date:
         return today.replace(year=today.year + years, day=28)
 
 
-def _verify_vault_object(services: Services, key: str, data_key: bytes, sha256: str,
-                         size: int, ciphertext_sha256: str, *, oid: str | None = None) -> None:
-    """Read back what was written; decrypt it with the data key still in memory."""
+def _read_back(services: Services, key: str, data_key: bytes, size: int,
+               ciphertext_sha256: str, *, oid: str | None = None) -> None:
+    """The verify of copy → verify → delete: read back what was written.
+
+    Its SHA-256 must be the one the sealer computed over every byte it wrote
+    (storage returns exactly that), and it must decrypt, every segment's tag
+    checked, with the data key still in memory to the uploaded size (header,
+    object id and key agree).  The sealer's input was already checked against
+    the recorded plaintext digest by its caller, so hashing the plaintext a
+    third time would prove nothing new."""
     raw = _HashingReader(services.vault.open(key))
-    digest = hashlib.sha256()
     n = 0
     plain = open_envelope(cast(BinaryIO, raw), oid or key, data_key=data_key)
     for chunk in plain.iter_chunks(COPY_CHUNK):
-        digest.update(chunk)
         n += len(chunk)
     raw.drain()
     plain.close()
-    if digest.hexdigest() != sha256 or n != size:
-        raise IntegrityError("vault object does not decrypt to the uploaded bytes")
+    if n != size:
+        raise IntegrityError("vault object does not decrypt to the uploaded size")
     if raw.hexdigest() != ciphertext_sha256:
         raise IntegrityError("vault object differs from what was written")
 

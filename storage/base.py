@@ -191,13 +191,16 @@ class Storage(Protocol):
         """
         ...
 
-    def duplicate(self, src_key: str, dst_key: str) -> None:
+    def duplicate(self, src_key: str, dst_key: str) -> bool:
         """Commit an exact copy of ``src_key`` under ``dst_key``, atomically (like
         :meth:`writer`), without the bytes passing through this process where the
         backend can avoid it: a hard link on local disk, a server-side copy on S3.
 
-        Raises ``ObjectNotFoundError`` if ``src_key`` does not exist.  The caller
-        verifies the copy (it is a copy step of copy → verify → delete).
+        Returns True when ``dst_key`` names the very same stored bytes as ``src_key``
+        (a hard link: one inode), False when the bytes were copied.  Raises
+        ``ObjectNotFoundError`` if ``src_key`` does not exist.  The caller verifies a
+        copy (it is a copy step of copy → verify → delete); for shared bytes the
+        verification of ``src_key`` holds for both.
         """
         ...
 

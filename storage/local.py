@@ -176,13 +176,14 @@ class LocalStorage:
         fsync_dir(meta_path.parent)
         fsync_dir(data_path.parent)
 
-    def duplicate(self, src_key: str, dst_key: str) -> None:
+    def duplicate(self, src_key: str, dst_key: str) -> bool:
         """See :meth:`storage.base.Storage.duplicate`.
 
         A hard link of the committed (already fsynced) data file into ``partial/``,
         then the ordinary commit (metadata sidecar, two renames, directory fsyncs): no
-        byte is copied, and a crash leaves at most a partial for the sweeper.  Where the
-        file system refuses links, the bytes are copied through :meth:`writer`.
+        byte is copied, and a crash leaves at most a partial for the sweeper.  True
+        when the committed ``dst_key`` is the same inode as ``src_key``.  Where the
+        file system refuses links, the bytes are copied through :meth:`writer` (False).
         """
         src_path = self._path(self._objects, src_key)
         data_path = self._path(self._objects, dst_key)
@@ -201,7 +202,7 @@ class LocalStorage:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                 raise
             self._copy(src_key, dst_key)
-            return
+            return False
         try:
             self._commit_with_meta(dst_key, meta_blob, data_partial, meta_partial, data_path,
                                    meta_path)
@@ -209,6 +210,10 @@ class LocalStorage:
             for leftover in (data_partial, meta_partial):
                 unlink_quietly(leftover)
             raise
+        # Checked, not assumed: what the key names now is that inode.
+        a = os.stat(src_path, follow_symlinks=False)
+        b = os.stat(data_path, follow_symlinks=False)
+        return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
 
     def _copy(self, src_key: str, dst_key: str) -> None:
         with self.open(src_key) as source, \

@@ -109,12 +109,14 @@ class MemoryStorage:
         with self._lock:
             return key in self._objects
 
-    def duplicate(self, src_key: str, dst_key: str) -> None:
-        """See :meth:`storage.base.Storage.duplicate`."""
+    def duplicate(self, src_key: str, dst_key: str) -> bool:
+        """See :meth:`storage.base.Storage.duplicate`.  False: this backend is for
+        tests, and the callers' read-back path is the one worth exercising."""
         data, metadata = self._get(src_key)
         validate_key(dst_key)
         with self._lock:
             self._objects[dst_key] = (data, dict(metadata))
+        return False
 
     def delete(self, key: str) -> None:
         """See :meth:`storage.base.Storage.delete` (idempotent)."""

@@ -505,9 +505,11 @@ class S3Storage:
                 _log.warning("could not abort copy upload of %r; sweep will", dst_key)
             raise
 
-    def duplicate(self, src_key: str, dst_key: str) -> None:
-        """See :meth:`storage.base.Storage.duplicate`: a server-side copy in this bucket."""
+    def duplicate(self, src_key: str, dst_key: str) -> bool:
+        """See :meth:`storage.base.Storage.duplicate`: a server-side copy in this bucket
+        (new bytes: False)."""
         self.copy_from(self, src_key, dst_key)
+        return False
 
     # -- reading -----------------------------------------------------------------------
 

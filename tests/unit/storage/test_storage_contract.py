@@ -272,7 +272,8 @@ def test_concurrent_writers(storage: Storage) -> None:
 def test_duplicate_is_an_independent_exact_copy(storage: Storage) -> None:
     data = os.urandom((1 << 20) + 5)
     put_bytes(storage, "staging/a.1", data, {"created": "1"})
-    storage.duplicate("staging/a.1", "vault/a.1")
+    shared = storage.duplicate("staging/a.1", "vault/a.1")
+    assert shared is (type(storage).__name__ == "LocalStorage")  # a hard link only there
     assert read_bytes(storage, "vault/a.1") == data
     assert storage.head("vault/a.1").metadata == {"created": "1"}
     storage.delete("staging/a.1")  # the copy outlives its source

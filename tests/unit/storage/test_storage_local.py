@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -139,9 +140,25 @@ def test_missing_metadata_sidecar_means_empty(tmp_path: Path) -> None:
 def test_duplicate_links_instead_of_copying(tmp_path: Path) -> None:
     store = LocalStorage(tmp_path / "vault")
     put_bytes(store, "staging/x.1", b"sealed bytes")
-    store.duplicate("staging/x.1", "vault/x.1")
+    assert store.duplicate("staging/x.1", "vault/x.1") is True
     a = (tmp_path / "vault/objects/staging/x.1").stat()
     b = (tmp_path / "vault/objects/vault/x.1").stat()
     assert (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev) and b.st_nlink == 2
     assert stat.S_IMODE(b.st_mode) == 0o600
     assert list((tmp_path / "vault/partial").iterdir()) == []
+
+
+def test_duplicate_copies_where_links_are_refused(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LocalStorage(tmp_path / "vault")
+    put_bytes(store, "staging/x.1", b"sealed bytes")
+
+    def no_links(*_: object, **__: object) -> None:
+        raise OSError(errno.EXDEV, "cross-device link")
+
+    monkeypatch.setattr("storage.local.os.link", no_links)
+    # New bytes: the caller must read the copy back, so it is told.
+    assert store.duplicate("staging/x.1", "vault/x.1") is False
+    a = (tmp_path / "vault/objects/staging/x.1").stat()
+    b = (tmp_path / "vault/objects/vault/x.1").stat()
+    assert a.st_ino != b.st_ino and read_bytes(store, "vault/x.1") == b"sealed bytes"
