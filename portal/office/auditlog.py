@@ -125,16 +125,25 @@ class LogFilters:
             "to": ax.iso_utc(self.until) if self.until else ""})
 
 
+# Matches counted at most (200 pages of 50): a count costs what it visits, and a
+# search matching a large share of a million events would otherwise pay for all of
+# them on every page.  Beyond it the page says "10,000 or more"; the exports count
+# and contain everything.
+COUNT_CAP = 10_000
+
+
 @dataclass
 class LogPage:
     items: list[AuditEvent]
     number: int
-    total: int
+    total: int  # at most COUNT_CAP
     pages: int
+    more: bool = False  # more than COUNT_CAP matches: narrow the search or export
 
 
 def log_page(db: Session, f: LogFilters, number: int, size: int = PAGE) -> LogPage:
-    """One page, newest first: a COUNT plus LIMIT/OFFSET, never every row.
+    """One page, newest first: a COUNT (up to ``COUNT_CAP``) plus LIMIT/OFFSET,
+    never every row; pages go as deep as the cap.
 
     Searched by action alone, the page is found by :func:`ax.newest_ids_by_action`
     (each action under the prefix read newest first from ``ix_audit_action``,
@@ -144,7 +153,10 @@ def log_page(db: Session, f: LogFilters, number: int, size: int = PAGE) -> LogPa
     picks an index per filter (tests/unit/portal/test_query_plans.py).
     """
     stmt = f.query()
-    total = db.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
+    found = db.execute(select(func.count()).select_from(
+        stmt.with_only_columns(AuditEvent.id).limit(COUNT_CAP + 1).subquery())).scalar_one()
+    more = found > COUNT_CAP
+    total = min(found, COUNT_CAP)
     pages = max(1, math.ceil(total / size))
     number = min(number, pages)
     offset = (number - 1) * size
@@ -154,7 +166,7 @@ def log_page(db: Session, f: LogFilters, number: int, size: int = PAGE) -> LogPa
     else:
         items = list(db.execute(stmt.order_by(AuditEvent.id.desc())
                                 .limit(size).offset(offset)).scalars())
-    return LogPage(items, number, total, pages)
+    return LogPage(items, number, total, pages, more)
 
 
 def _companies(db: Session) -> list[Company]:

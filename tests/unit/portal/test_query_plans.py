@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from portal.db import make_engine
 from portal.instance import migrate
 from portal.models import AuditEvent, Company, Staff, Upload
+from portal.office import auditlog
 from portal.office.auditlog import LogFilters, log_page
 from portal.office.views import InboxFilters, inbox_page
 from portal.settings import Settings
@@ -141,9 +142,10 @@ def test_action_search_pages_from_the_index_without_a_sort(engine: Engine, compa
                                                            logged: None, name: str) -> None:
     """A prefix spans several actions: ``ORDER BY id DESC LIMIT`` over its range of
     ix_audit_action made SQLite read and sort every match (130,000 rows of a million
-    in bench/growth.py).  Now: the count reads the covering index; each action under
-    the prefix is found by one seek and read newest first from (action, id) with
-    LIMIT; the page's rows are loaded by primary key.  No sort anywhere."""
+    in bench/growth.py).  Now: the count reads the covering index (up to its cap);
+    each action under the prefix is found by one seek and read newest first from
+    (action, id) with LIMIT; the page's rows are loaded by primary key.  No sort
+    anywhere."""
     with Session(engine) as db, Plans(engine) as plans:
         page = log_page(db, SEARCHES[name](company), 1, size=2)
     assert len(page.items) == 2  # the data below makes every step run
@@ -151,9 +153,12 @@ def test_action_search_pages_from_the_index_without_a_sort(engine: Engine, compa
     for sql, plan in queries:
         assert _sorts(plan) == [], (name, sql, plan)
         assert _full_scans(plan, "audit_events") == [], (name, sql, plan)
-    count_plan = queries[0][1]
-    assert count_plan == ["SEARCH audit_events USING COVERING INDEX ix_audit_action "
-                          "(action>? AND action<?)"], count_plan
+    count_sql, count_plan = queries[0]
+    # The count reads the covering index and stops after COUNT_CAP + 1 matches.
+    assert count_plan == ["CO-ROUTINE anon_1",
+                          "SEARCH audit_events USING COVERING INDEX ix_audit_action "
+                          "(action>? AND action<?)", "SCAN anon_1"], count_plan
+    assert "LIMIT" in count_sql
     arms = [(sql, plan) for sql, plan in queries[1:-1] if "LIMIT" in sql
             and "ORDER BY audit_events.id DESC" in sql]
     seeks = [(sql, plan) for sql, plan in queries[1:-1] if (sql, plan) not in arms]
@@ -287,6 +292,26 @@ def test_action_search_pages_are_the_newest_matches_in_order(
             beyond = log_page(db, LogFilters(action=prefix), first.pages + 5, size)
             assert [e.id for e in beyond.items] == want[(first.pages - 1) * size:][:size]
         assert got == want, (prefix, size)
+
+
+@pytest.mark.parametrize("prefix", ["", "office:", "client:upload:"])
+def test_the_count_stops_at_its_cap_and_pages_go_as_deep(
+        varied: tuple[Engine, list[AuditEvent]], prefix: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    eng, events = varied
+    want = _expected(events, prefix)
+    cap = len(want) // 2
+    assert cap > 4
+    monkeypatch.setattr(auditlog, "COUNT_CAP", cap)
+    with Session(eng) as db:
+        first = log_page(db, LogFilters(action=prefix), 1, 3)
+        assert (first.total, first.more, first.pages) == (cap, True, -(-cap // 3))
+        deepest = log_page(db, LogFilters(action=prefix), 10**6, 3)
+        assert deepest.number == first.pages
+        assert [e.id for e in deepest.items] == want[(first.pages - 1) * 3:][:3]
+        monkeypatch.setattr(auditlog, "COUNT_CAP", len(want))  # exactly at the cap: exact
+        exact = log_page(db, LogFilters(action=prefix), 1, 3)
+        assert (exact.total, exact.more) == (len(want), False)
 
 
 def test_action_search_with_another_filter_keeps_both(
