@@ -5,6 +5,12 @@ and every transaction starts with ``BEGIN IMMEDIATE`` so that writers are
 serialised up front: the audit hash chain reads the previous event and
 appends the next one in one transaction, and a deferred transaction could
 otherwise let two processes fork the chain.
+
+Work that only reads (status polls, list pages, the worker's checks) uses
+:func:`make_read_sessionmaker`: a plain ``BEGIN``, which in WAL mode reads a
+snapshot and takes no lock, so it neither waits for a writer nor makes one
+wait.  Such a session refuses any statement but a ``SELECT`` (on every
+database), so a write cannot slip into a transaction that did not lock.
 """
 
 from __future__ import annotations
@@ -15,6 +21,11 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 15000
+READ_ONLY = "kinko_read_only"  # execution option of make_read_sessionmaker's engine
+
+
+class ReadOnlyError(RuntimeError):
+    """A read-only session was asked to change something (a bug)."""
 
 
 def make_engine(url: str, *, foreign_keys: bool = True,
@@ -42,8 +53,10 @@ def make_engine(url: str, *, foreign_keys: bool = True,
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            read_only = conn.get_execution_options().get(READ_ONLY, False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
+        _guard_reads(engine)
         return engine
     url = postgres_url(url)
     connect_args: dict[str, Any] = {}
@@ -53,8 +66,18 @@ def make_engine(url: str, *, foreign_keys: bool = True,
         # hashes naive UTC times, and views convert to JST themselves).
         connect_args["options"] = "-c timezone=UTC"
     # hide_parameters: SQL errors must not echo values (file names) into logs.
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True,
-                         connect_args=connect_args, **kwargs)
+    engine = create_engine(url, pool_pre_ping=True, hide_parameters=True,
+                           connect_args=connect_args, **kwargs)
+    _guard_reads(engine)
+    return engine
+
+
+def _guard_reads(engine: Engine) -> None:
+    @event.listens_for(engine, "before_cursor_execute")
+    def _only_select(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if conn.get_execution_options().get(READ_ONLY, False) and \
+                statement.lstrip()[:6].upper() not in ("SELECT", "BEGIN"):
+            raise ReadOnlyError("a read-only session may only SELECT")
 
 
 def postgres_url(url: str) -> str:
@@ -67,3 +90,9 @@ def postgres_url(url: str) -> str:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def make_read_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for reading only (see the module doc); same pool as the others."""
+    return sessionmaker(engine.execution_options(**{READ_ONLY: True}),
+                        expire_on_commit=False)

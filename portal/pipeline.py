@@ -196,7 +196,7 @@ class _Prescan:
         Waits while it is ``pending``, at most until ``prescan_until``."""
         pause = 0.02
         while True:
-            with services.sessions() as db:
+            with services.reader() as db:
                 row = db.execute(select(Upload.prescan, Upload.prescan_reason,
                                         Upload.prescan_signature)
                                  .where(Upload.id == upload_id)).one_or_none()
@@ -383,7 +383,7 @@ def _inspect(services: Services, upload_id: str, filename: str, size: int,
     pass runs without clamd and then takes clamd's answer from the row, for
     these bytes only (the digest check below); without one in time it streams
     the file to clamd itself."""
-    with services.sessions() as db:
+    with services.reader() as db:
         upload = db.get(Upload, upload_id)
         assert upload is not None
         reader = _open_dropzone(services, upload)
@@ -608,7 +608,7 @@ def pull_upload(services: Services, upload_id: str, actor: Actor,
     Raises PipelineError("not_found" | "not_clean") and StorageError /
     IntegrityError (the drop-zone copy is then left untouched).
     """
-    with services.sessions() as db:
+    with services.reader() as db:
         upload = db.get(Upload, upload_id)
         if upload is None:
             raise PipelineError("not_found")
@@ -703,7 +703,7 @@ def _verify_ciphertext(services: Services, key: str, ciphertext_sha256: str) -> 
 
 def _delete_unless_committed(services: Services, upload_id: str, vault_key: str) -> None:
     """Delete our copy, unless a concurrent pull of the same staging committed it."""
-    with services.sessions() as db:
+    with services.reader() as db:
         committed = db.execute(select(Upload.vault_key)
                                .where(Upload.id == upload_id)).scalar_one_or_none()
     if committed != vault_key:
@@ -808,7 +808,7 @@ def _finish_pull(services: Services, upload_id: str) -> Upload:
     """Steps after the commit: drop-zone copy gone, stale attempts gone."""
     _drop_dropzone_copy(services, upload_id)
     checkpoint("pull:dropzone_deleted")
-    with services.sessions() as db:
+    with services.reader() as db:
         upload = db.get(Upload, upload_id)
         assert upload is not None
     for key in list(services.vault.keys(f"vault/{upload_id}.")):

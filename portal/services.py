@@ -19,7 +19,7 @@ from storage.kms import DataKeyring
 
 from . import keys
 from .backends import open_storage
-from .db import make_engine, make_sessionmaker
+from .db import make_engine, make_read_sessionmaker, make_sessionmaker
 from .settings import Settings
 
 Role = Literal["client", "worker", "office"]
@@ -55,9 +55,15 @@ class Services:
     audit_key: bytes
     enqueue: Enqueuer
     scanner_factory: Callable[[], ClamdClient | None]
+    # Sessions that only read: no lock on SQLite, a SELECT only (portal.db).
+    reads: sessionmaker[Session] | None = None
 
     def scanner(self) -> ClamdClient | None:
         return self.scanner_factory()
+
+    def reader(self) -> Session:
+        """A session for reading only (``with services.reader() as db:``)."""
+        return (self.reads or self.sessions)()
 
 
 class _NoVault:
@@ -89,6 +95,7 @@ def build_services(settings: Settings, role: Role, enqueue: Enqueuer | None = No
         settings=settings,
         role=role,
         sessions=make_sessionmaker(engine),
+        reads=make_read_sessionmaker(engine),
         dropzone=open_storage(settings.dropzone_url, profile=settings.dropzone_aws_profile),
         # The client-facing process never even builds a vault client (so it
         # needs no vault credentials at all): only the worker and the office.

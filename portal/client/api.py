@@ -78,7 +78,7 @@ def list_purposes() -> Any:
 
 def list_uploads() -> Any:
     svc = services()
-    with svc.sessions() as db:
+    with svc.reader() as db:
         rows = db.execute(select(Upload).where(Upload.company_id == current_user.company_id)
                           .order_by(Upload.created_at.desc()).limit(500)).scalars().all()
     return jsonify(uploads=[upload_json(u) for u in rows])

@@ -6,11 +6,13 @@ import hashlib
 import hmac
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from ..auth.principal import Principal
+from ..auth.sessions import TOUCH_EVERY
 from ..models import ApiToken, ClientUser, utcnow
+from ..models.base import aware_utc
 from ..services import Services
 
 PREFIX = "knk_"
@@ -32,7 +34,11 @@ def principal_from_bearer(services: Services, header: str) -> Principal | None:
     if scheme.lower() != "bearer" or not token.startswith(PREFIX):
         return None
     digest = hash_token(token.strip())
-    with services.sessions() as db, db.begin():
+    # Read without the write lock: a script polling its uploads must not queue
+    # behind (or hold up) the writers.  "Last used" is written at most every
+    # TOUCH_EVERY, as a web session's "last seen" is.
+    now = utcnow()
+    with services.reader() as db:
         row = db.execute(select(ApiToken).where(ApiToken.token_hash == digest)).scalar_one_or_none()
         if row is None or row.revoked_at is not None or not hmac.compare_digest(
                 row.token_hash, digest):
@@ -41,11 +47,19 @@ def principal_from_bearer(services: Services, header: str) -> Principal | None:
         # A locked account is refused here too, as the session loader refuses it.
         if user is None or not user.active or user.locked_at is not None:
             return None
-        row.last_used_at = utcnow()
+        token_id, last = row.id, row.last_used_at
         # An account whose initial password was never changed is not yet in
         # its owner's hands: its tokens answer 403 password_change_required.
-        return Principal("client", user.id, user.login, user.display_name, user.session_epoch,
-                         company_id=user.company_id, must_change=user.must_change_password)
+        principal = Principal("client", user.id, user.login, user.display_name,
+                              user.session_epoch, company_id=user.company_id,
+                              must_change=user.must_change_password)
+    if last is None or now - aware_utc(last) >= TOUCH_EVERY:
+        with services.sessions() as db, db.begin():
+            db.execute(update(ApiToken).where(
+                ApiToken.id == token_id, or_(ApiToken.last_used_at.is_(None),
+                                             ApiToken.last_used_at < now - TOUCH_EVERY))
+                .values(last_used_at=now))
+    return principal
 
 
 def create(db: Session, user_id: int, label: str) -> tuple[ApiToken, str]:

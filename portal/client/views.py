@@ -33,7 +33,7 @@ from . import deletion
 
 def get_room_upload(svc: Services, upload_id: str) -> Upload:
     """The one ownership check: another company's upload is 404, not 403."""
-    with svc.sessions() as db:
+    with svc.reader() as db:
         upload = db.get(Upload, upload_id) if len(upload_id) <= 64 else None
         if upload is None or upload.company_id != current_user.company_id:
             abort(404)
@@ -42,7 +42,7 @@ def get_room_upload(svc: Services, upload_id: str) -> Upload:
 
 
 def current_client(svc: Services) -> ClientUser:
-    with svc.sessions() as db:
+    with svc.reader() as db:
         user = db.get(ClientUser, current_user.id)
         assert user is not None
         return user
@@ -54,7 +54,7 @@ def user_language(account: ClientUser) -> str:
 
 
 def purposes(svc: Services) -> list[Purpose]:
-    with svc.sessions() as db:
+    with svc.reader() as db:
         return list(db.execute(select(Purpose).where(Purpose.active)
                                .order_by(Purpose.sort_order)).scalars())
 
@@ -70,7 +70,7 @@ def receipt_response(upload_id: str) -> Response:
     upload = get_room_upload(svc, upload_id)
     asked = request.args.get("lang")
     lang = asked if asked in ("ja", "en") else user_language(current_client(svc))
-    with svc.sessions() as db:
+    with svc.reader() as db:
         company = db.get(Company, upload.company_id)
         assert company is not None
         steps = chain_of_custody(db, upload, lang)
@@ -88,7 +88,7 @@ def init(app: Flask) -> None:
     @app.route("/")
     def index() -> Any:
         svc = services()
-        with svc.sessions() as db:
+        with svc.reader() as db:
             uploads = db.execute(
                 select(Upload).where(Upload.company_id == current_user.company_id)
                 .order_by(Upload.created_at.desc()).limit(200)

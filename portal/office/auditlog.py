@@ -190,7 +190,7 @@ def init(app: Flask) -> None:
     @manager_required
     def audit_log() -> Any:
         svc = services()
-        with svc.sessions() as db:
+        with svc.reader() as db:
             companies = _companies(db)
             filters = LogFilters.from_args(request.args, companies)
             page = log_page(db, filters, page_arg(request.args.get("page")))

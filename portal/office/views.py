@@ -215,7 +215,7 @@ def init(app: Flask) -> None:
     @app.route("/")
     def index() -> Any:
         svc = services()
-        with svc.sessions() as db:
+        with svc.reader() as db:
             staff = me(db)
             served = served_companies(db, staff)
             filters = InboxFilters.from_args(request.args, served)

@@ -467,15 +467,23 @@ def test_database_locked_gives_503_and_leaves_no_orphan(fstack: Stack, token: st
     data = marked_csv(marker, 4 << 20)
     shown: list[str] = []
 
+    listing = {"url": stack.client_url + "/api/v1/uploads", "verify": stack.cert,
+               "timeout": 30, "headers": {"Authorization": f"Bearer {token}"}}
+    # Used just now, so the token's "last used" needs no write for a while.
+    assert requests.get(**listing).status_code == 200  # type: ignore[arg-type]
     with db_locked(stack):
         t0 = time.monotonic()
-        r = requests.get(stack.client_url + "/api/v1/uploads", verify=stack.cert, timeout=30,
-                         headers={"Authorization": f"Bearer {token}"})
+        r = stack.api_upload(token, data[:4096], "locked-small.csv")
         assert r.status_code == 503, (r.status_code, r.text[:300])
         assert r.headers.get("Retry-After", "").isdigit()
         assert r.json()["error"] == "unavailable"
         shown.append(r.json()["message"])
         # It waited for the lock about the busy timeout, not the 15 s default.
+        assert time.monotonic() - t0 < 10
+        assert stack.objects("dropzone") == before_objects and partials(stack) == []
+        # Reading takes no lock (portal.db): the list still answers meanwhile.
+        r = requests.get(**listing)  # type: ignore[arg-type]
+        assert r.status_code == 200, (r.status_code, r.text[:300])
         assert time.monotonic() - t0 < 10
 
         page = client.get(stack.client_url + "/")
