@@ -4,6 +4,10 @@ gthread workers: a slow upload holds one thread, not a whole process, and
 the request body is streamed to the app as it arrives.
 """
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 from portal.settings import Settings
 
 _settings = Settings.from_env()
@@ -38,3 +42,22 @@ import gunicorn.http.wsgi as _wsgi  # noqa: E402
 
 _wsgi.SERVER = "kinko"
 _wsgi.SERVER_SOFTWARE = "kinko"
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    import ctypes  # on first use: the gunicorn master never needs it
+
+    try:
+        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def post_request(worker: Any, req: Any, environ: Any, resp: Any) -> None:
+    """Give the C heap's free pages back to the OS after every request: glibc
+    keeps what a request's buffers, TLS and SQLite freed, and the client app's
+    memory target has no room for it (docs/performance.md).  About 5-100 µs."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

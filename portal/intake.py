@@ -19,9 +19,7 @@ the scan is under way when the last byte lands; the worker still decides.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
-import functools
 import queue
 import secrets
 import threading
@@ -30,7 +28,7 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -191,8 +189,8 @@ class IntakeSink:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
-            if self._size >= TRIM_AFTER:
-                _trim_heap()
+            # The C heap this churned through goes back to the OS after the
+            # response (portal.gunicorn_conf.post_request).
 
     def _raise_failure(self) -> None:
         """The pump's failure, as the refusal the client gets (nothing kept)."""
@@ -267,28 +265,6 @@ class IntakeSink:
 
 class _Abort(Exception):
     pass
-
-
-TRIM_AFTER = 8 << 20  # an upload this big has churned through the C heap
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return cast(Callable[[int], int], ctypes.CDLL(None).malloc_trim)
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-def _trim_heap() -> None:
-    """Give the C heap's free pages back to the OS (glibc ``malloc_trim``).
-
-    A big upload passes hundreds of megabytes through short-lived 64-128 KiB
-    buffers in two threads; glibc keeps some of the freed pages, and the
-    client app's memory target (docs/performance.md) has no room for them."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 def active_purpose(services: Services, code: str | None) -> Purpose:

@@ -17,10 +17,7 @@ from storage.errors import ObjectNotFoundError, StorageError
 
 from .audit import SYSTEM, Actor
 from .models import Staff
-from .notices import run_notices
 from .pipeline import PipelineError, pull_upload, scan_upload
-from .reconcile import reconcile
-from .reports import run_monthly
 from .services import Services
 from .settings import Settings, SettingsError
 
@@ -126,11 +123,16 @@ class Jobs:
                         type(exc).__name__, delay)
             self._pull.schedule(args=(upload_id, staff_id), delay=delay)
 
+    # The periodic task bodies import their modules here: the web apps only
+    # enqueue and never run them (docs/performance.md, "Web memory").
     def _run_reconcile(self) -> None:
+        from .reconcile import reconcile
         reconcile(self._svc())
 
     def _run_notices(self) -> None:
+        from .notices import run_notices
         run_notices(self._svc())
 
     def _run_monthly_reports(self) -> None:
+        from .reports import run_monthly
         run_monthly(self._svc())
