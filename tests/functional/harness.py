@@ -63,8 +63,12 @@ class Totp:
     def code(self) -> str:
         t = pyotp.TOTP(self.secret)
         while True:
-            now = int(time.time() // 30)
-            for step in (now - 1, now, now + 1):
+            clock = time.time()
+            now = int(clock // 30)
+            # The previous step's code expires when this step ends: not in
+            # its last 10 s (a request on a busy machine could arrive late).
+            early = now - 1 if clock % 30 < 20 else now
+            for step in range(early, now + 2):
                 if step > self.last:
                     self.last = step
                     return t.generate_otp(step)
