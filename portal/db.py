@@ -56,7 +56,6 @@ def make_engine(url: str, *, foreign_keys: bool = True,
             read_only = conn.get_execution_options().get(READ_ONLY, False)
             conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
-        _guard_reads(engine)
         return engine
     url = postgres_url(url)
     connect_args: dict[str, Any] = {}
@@ -66,18 +65,8 @@ def make_engine(url: str, *, foreign_keys: bool = True,
         # hashes naive UTC times, and views convert to JST themselves).
         connect_args["options"] = "-c timezone=UTC"
     # hide_parameters: SQL errors must not echo values (file names) into logs.
-    engine = create_engine(url, pool_pre_ping=True, hide_parameters=True,
-                           connect_args=connect_args, **kwargs)
-    _guard_reads(engine)
-    return engine
-
-
-def _guard_reads(engine: Engine) -> None:
-    @event.listens_for(engine, "before_cursor_execute")
-    def _only_select(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if conn.get_execution_options().get(READ_ONLY, False) and \
-                statement.lstrip()[:6].upper() not in ("SELECT", "BEGIN"):
-            raise ReadOnlyError("a read-only session may only SELECT")
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True,
+                         connect_args=connect_args, **kwargs)
 
 
 def postgres_url(url: str) -> str:
@@ -94,5 +83,13 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 def make_read_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     """Sessions for reading only (see the module doc); same pool as the others."""
-    return sessionmaker(engine.execution_options(**{READ_ONLY: True}),
-                        expire_on_commit=False)
+    reads = engine.execution_options(**{READ_ONLY: True})
+
+    # Listeners on this option engine fire for its connections only: the
+    # writers' statements pay nothing for the guard.
+    @event.listens_for(reads, "before_cursor_execute")
+    def _only_select(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip()[:6].upper() not in ("SELECT", "BEGIN"):
+            raise ReadOnlyError("a read-only session may only SELECT")
+
+    return sessionmaker(reads, expire_on_commit=False)

@@ -43,6 +43,14 @@ import gunicorn.http.wsgi as _wsgi  # noqa: E402
 _wsgi.SERVER = "kinko"
 _wsgi.SERVER_SOFTWARE = "kinko"
 
+# A request body is read with recv() calls as large as this (gunicorn asks for
+# up to 1 MiB).  Over TLS each call returns one record (16 KiB at most), so a
+# 1 MiB request only makes Python allocate, map, shrink and unmap a 1 MiB
+# buffer per record, with the GIL held.  64 KiB comes from the heap instead.
+import gunicorn.http.unreader as _unreader  # noqa: E402
+
+_unreader.SocketUnreader.max_body_chunk = 64 * 1024
+
 
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -61,12 +69,3 @@ def post_request(worker: Any, req: Any, environ: Any, resp: Any) -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
-
-
-# A request body is read with recv() calls as large as this (gunicorn asks for
-# up to 1 MiB).  Over TLS each call returns one record (16 KiB at most), so a
-# 1 MiB request only makes Python allocate, map, shrink and unmap a 1 MiB
-# buffer per record, with the GIL held.  64 KiB comes from the heap instead.
-import gunicorn.http.unreader as _unreader  # noqa: E402
-
-_unreader.SocketUnreader.max_body_chunk = 64 * 1024

@@ -247,7 +247,7 @@ class _Heartbeat:
 def _pull_inline(services: Services, upload_id: str, staged_key: str | None) -> None:
     """The auto-pull of a clean upload, in the scan job (one queue hop less)."""
     try:
-        pull_upload(services, upload_id, SYSTEM, read_back_just_now=staged_key)
+        pull_upload(services, upload_id, SYSTEM, staged_just_verified=staged_key)
     except PipelineError as exc:
         log.info("pull of %s skipped: %s", upload_id, exc.code)
     except (StorageError, OSError) as exc:
@@ -600,10 +600,10 @@ def _drop_dropzone_copy(services: Services, upload_id: str) -> None:
 
 def pull_upload(services: Services, upload_id: str, actor: Actor,
                 remote_addr: str | None = None, *,
-                read_back_just_now: str | None = None) -> Upload:
+                staged_just_verified: str | None = None) -> Upload:
     """Move a clean upload into the vault.  Idempotent; see the module doc.
 
-    ``read_back_just_now``: the staged key that the calling scan job wrote and
+    ``staged_just_verified``: the staged key that the calling scan job wrote and
     read back moments ago (auto-pull in the same job); see ``_promote``.
     Raises PipelineError("not_found" | "not_clean") and StorageError /
     IntegrityError (the drop-zone copy is then left untouched).
@@ -624,7 +624,7 @@ def pull_upload(services: Services, upload_id: str, actor: Actor,
         try:
             return _promote(services, upload_id, actor, remote_addr, staged[0], staged[1],
                             staged[2], staged[3] or services.vault_public.key_id,
-                            read_back_just_now=read_back_just_now == staged[0])
+                            just_verified=staged_just_verified == staged[0])
         except _StagedUnusable as exc:
             # The staged copy is gone or damaged: forget it and copy from the
             # drop zone, which is still there (it goes only after a commit).
@@ -654,7 +654,7 @@ def _forget_staged(services: Services, upload_id: str, staged_key: str) -> None:
 
 def _promote(services: Services, upload_id: str, actor: Actor, remote_addr: str | None,
              staged_key: str, wrapped_key: bytes, ciphertext_sha256: str,
-             key_id: str, *, read_back_just_now: bool = False) -> Upload:
+             key_id: str, *, just_verified: bool = False) -> Upload:
     """Pull of a staged upload: copy the sealed bytes to ``vault/<id>.<attempt>``
     (the object id they were sealed for) inside the vault backend, verify their
     ciphertext digest by reading them back, commit, delete.
@@ -674,7 +674,7 @@ def _promote(services: Services, upload_id: str, actor: Actor, remote_addr: str 
     checkpoint("pull:written")
 
     try:
-        if not (shared and read_back_just_now):
+        if not (shared and just_verified):
             _verify_ciphertext(services, vault_key, ciphertext_sha256)
     except (StorageError, OSError) as exc:
         _delete_unless_committed(services, upload_id, vault_key)

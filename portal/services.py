@@ -45,6 +45,8 @@ class Services:
     settings: Settings
     role: Role
     sessions: sessionmaker[Session]
+    # Sessions that only read: no lock on SQLite, a SELECT only (portal.db).
+    reads: sessionmaker[Session]
     dropzone: Storage
     vault: Storage
     # Key files (SymmetricKey, VaultPublicKey, VaultPrivateKey) or, with KMS custody,
@@ -55,15 +57,13 @@ class Services:
     audit_key: bytes
     enqueue: Enqueuer
     scanner_factory: Callable[[], ClamdClient | None]
-    # Sessions that only read: no lock on SQLite, a SELECT only (portal.db).
-    reads: sessionmaker[Session] | None = None
 
     def scanner(self) -> ClamdClient | None:
         return self.scanner_factory()
 
     def reader(self) -> Session:
         """A session for reading only (``with services.reader() as db:``)."""
-        return (self.reads or self.sessions)()
+        return self.reads()
 
 
 class _NoVault:
