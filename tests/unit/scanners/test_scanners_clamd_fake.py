@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from scanners import ScannerError, ScannerUnavailableError
-from scanners.clamd import ClamdClient, ScanResult, parse_scan_reply
+from scanners.clamd import ClamdClient, FdScan, ScanResult, parse_scan_reply
 
 Behaviour = Callable[["FakeClamd", socket.socket], None]
 
@@ -347,3 +347,48 @@ def test_address_parsing_accepts(address: str) -> None:
 
 def test_unavailable_is_scanner_error() -> None:
     assert issubclass(ScannerUnavailableError, ScannerError)
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (b"fd[12]: OK\0", ScanResult("clean", None, None)),
+        (b"fd[7]: Eicar-Signature FOUND\0", ScanResult("infected", "Eicar-Signature", "malware")),
+        (b"fd[12]: Heuristics.Limits.Exceeded.MaxFileSize FOUND\0",
+         ScanResult("refused", "Heuristics.Limits.Exceeded.MaxFileSize", "scan_limits")),
+    ],
+)
+def test_fildes_replies(reply: bytes, expected: ScanResult) -> None:
+    assert parse_scan_reply(reply, fildes=True) == expected
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"stream: OK\0",  # an answer about something else
+        b"fd[]: OK\0",
+        b"fd[x]: OK\0",
+        b"fd[12]:OK\0",
+        b"fd[12]: OK extra\0",
+        b"fd[12]: ok\0",
+        b" fd[12]: OK\0",
+        b"fd[12]: lstat() failed. ERROR\0",
+        b"fd[12]: OK\nfd[12]: OK\0",
+        b"fd[12]: X FOUND\nfd[12]: OK\0",
+        b"UNKNOWN COMMAND\0",
+        b"",
+    ],
+)
+def test_fildes_only_exact_ok_is_clean(reply: bytes) -> None:
+    with pytest.raises(ScannerUnavailableError):
+        parse_scan_reply(reply, fildes=True)
+
+
+def test_instream_parser_takes_no_fd_answer() -> None:
+    with pytest.raises(ScannerUnavailableError):
+        parse_scan_reply(b"fd[12]: OK\0")
+
+
+def test_fdscan_needs_a_unix_socket() -> None:
+    with pytest.raises(ScannerUnavailableError):
+        FdScan(ClamdClient("tcp://127.0.0.1:3310"), max_bytes=1 << 20)
