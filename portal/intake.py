@@ -130,7 +130,11 @@ class IntakeSink:
     raised by the next :meth:`write` or by :meth:`finish`.
     """
 
-    def __init__(self, services: Services, max_bytes: int) -> None:
+    def __init__(self, services: Services, max_bytes: int,
+                 size_hint: int | None = None) -> None:
+        """``size_hint``: the declared length of the request (an upper bound of
+        the file's size), if known; the scan while receiving may then keep the
+        file in a memory file for clamd (:mod:`portal.receiptscan`)."""
         self.upload_id = new_upload_id()
         self.key = f"dz/{self.upload_id}"
         self._max = max_bytes
@@ -151,7 +155,9 @@ class IntakeSink:
         except (OSError, StorageError) as exc:
             self._stack.close()
             raise storage_failure(exc) from exc
-        self._scan = ReceiptScan.start(services)
+        if size_hint is not None and not 0 < size_hint <= max_bytes:
+            size_hint = None  # refused further on, or nothing: stream if anything
+        self._scan = ReceiptScan.start(services, size_hint)
 
     # -- the file-like surface Werkzeug's multipart parser uses ------------
     def write(self, data: bytes) -> int:
@@ -234,8 +240,8 @@ class IntakeSink:
             # Everything is sent: clamd scans while the object is committed
             # and the row written (its answer is recorded only for a row).
             scan.finish(self.upload_id, self._size)
-            if not scan.live:
-                scan = None
+            if scan.until is None:  # no verdict can follow (``live`` would race
+                scan = None  # with a verdict that is already in)
         try:
             self._seal.close()
             self._stack.close()  # commits the object atomically
@@ -383,7 +389,7 @@ def receive_stream(
     refused, never stored as if it were the whole file.
     """
     active_purpose(services, purpose_code)
-    sink = IntakeSink(services, services.settings.max_upload_bytes)
+    sink = IntakeSink(services, services.settings.max_upload_bytes, expected_size)
     try:
         if hasattr(chunks, "read"):
             sink.feed(chunks)

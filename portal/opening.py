@@ -149,7 +149,7 @@ def _read_plaintext(services: Services, upload_id: str, size: int, sha256: str) 
 def _intake(services: Services, user: ClientUser, original: str, filename: str, data: bytes,
             purpose_code: str, remote_addr: str | None) -> str:
     """Seal one unprotected file into a new upload (encrypted before it is written)."""
-    sink = IntakeSink(services, services.settings.max_upload_bytes)
+    sink = IntakeSink(services, services.settings.max_upload_bytes, len(data))
     try:
         for start in range(0, len(data), COPY_CHUNK):
             sink.write(data[start:start + COPY_CHUNK])

@@ -1,28 +1,41 @@
 """Scanning an upload while it is received (the client app's half).
 
 The client app has every plaintext chunk in hand as it seals it, so it also
-streams it to clamd (``zINSTREAM``, :class:`scanners.clamd.StreamScan`): by
-the time the last byte has arrived, clamd has the whole file and starts
-scanning it while the request commits the drop-zone object and inserts the
-row.  A thread of the client app then waits for clamd's answer and records it
+hands it on to clamd: by the time the last byte has arrived, clamd has the
+whole file and starts scanning it while the request commits the drop-zone
+object and inserts the row.  Two ways, the first when it can:
+
+* a memory file (:class:`scanners.clamd.FdScan`): each chunk is appended to an
+  anonymous memfd, which is sealed after the last byte and passed to clamd
+  over its unix socket (``zFILDES``).  clamd reads the bytes where they are.
+  Only for a clamd on the same machine and an upload whose declared size fits
+  in what is left of ``KINKO_SCAN_BUFFER_MB`` in this process (the same RAM
+  clamd's temporary file would take, held here for at most the scan);
+* a stream (``zINSTREAM``, :class:`scanners.clamd.StreamScan`): clamd receives
+  the chunks through the socket as they arrive and spools them itself.
+
+A thread of the client app then waits for clamd's answer and records it
 on the row (``uploads.prescan*``); the worker's scan, which runs at the same
 time (type policy, digest, staged vault copy, number report), takes that
 answer instead of streaming the file to clamd a second time.
 
 Fail closed, and never in the upload's way:
 
-* feeding runs in the intake's sealing thread and waits for clamd only while
-  it is more than ``MAX_PENDING`` behind, at most ``STALL_S`` in one go: if
-  clamd stays behind, hangs up, or cannot be reached, the scan is abandoned
-  and the worker scans the stored copy as before (``prescan`` NULL, or
-  ``failed``);
-* the answer is recorded only for a stream that was sent whole, and only
-  ``stream: OK`` is ``clean`` (:func:`scanners.clamd.parse_scan_reply`);
+* feeding runs in the intake's sealing thread.  A memory file never waits
+  for clamd; a stream waits only while clamd is more than ``MAX_PENDING``
+  behind, at most ``STALL_S`` in one go.  If clamd stays behind, hangs up,
+  or cannot be reached, or the memory file cannot grow, the scan is
+  abandoned and the worker scans the stored copy as before (``prescan``
+  NULL, or ``failed``);
+* the answer is recorded only for a stream that was sent whole (a memory file
+  sealed at the full size), and only ``stream: OK`` (``fd[N]: OK``) is
+  ``clean`` (:func:`scanners.clamd.parse_scan_reply`);
 * it is advice: the worker takes it only for bytes whose digest is the one
   recorded at upload (the same bytes the client app sealed and streamed),
   waits for it at most until ``prescan_until``, and then scans itself;
 * at most ``KINKO_SCAN_ON_RECEIPT`` uploads per process are scanned this way
-  (each holds a clamd connection and, after the body, one waiting thread).
+  (each holds a clamd connection or a memory file and, after the body, one
+  waiting thread).
 
 Nothing of the content is logged; the reasons logged are exception names.
 """
@@ -35,7 +48,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import update
 
-from scanners.clamd import StreamScan
+from scanners.clamd import FdScan, StreamScan
 from scanners.errors import ScannerError
 
 from .faults import checkpoint
@@ -56,24 +69,61 @@ def _slot(limit: int) -> threading.BoundedSemaphore:
         return _slots.setdefault(limit, threading.BoundedSemaphore(limit))
 
 
+class MemoryBudget:
+    """Bytes of memory files this process may hold at once (``KINKO_SCAN_BUFFER_MB``)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    def take(self, size: int) -> bool:
+        with self._lock:
+            if size <= 0 or self._used + size > self.total:
+                return False
+            self._used += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self._used -= size
+            assert self._used >= 0
+
+
+_budgets: dict[int, MemoryBudget] = {}
+
+
+def memory_budget(total: int) -> MemoryBudget:
+    with _slots_lock:
+        return _budgets.setdefault(total, MemoryBudget(total))
+
+
 class ReceiptScan:
     """One upload's stream to clamd.  Use :meth:`start`; then ``feed`` each chunk,
     ``finish`` once the object is committed, ``registered`` once the row exists
     (or ``cancel`` if it never will)."""
 
-    def __init__(self, services: Services, stream: StreamScan,
-                 slot: threading.BoundedSemaphore) -> None:
+    def __init__(self, services: Services, stream: StreamScan | FdScan,
+                 slot: threading.BoundedSemaphore, reserved: int = 0) -> None:
         self._services = services
         self._stream = stream
         self._slot: threading.BoundedSemaphore | None = slot
+        self._reserved = reserved  # bytes of the memory budget (FdScan), given back once
         self._row = threading.Event()
         self._cancelled = False
         self._upload_id: str | None = None
         self.until: datetime | None = None
 
     @classmethod
-    def start(cls, services: Services) -> ReceiptScan | None:
-        """A new stream to clamd, or None (off, no free slot, clamd unreachable)."""
+    def start(cls, services: Services, size_hint: int | None = None) -> ReceiptScan | None:
+        """A new scan under way, or None (off, no free slot, clamd unreachable).
+
+        ``size_hint``: the most bytes the upload can have (its declared length), if
+        known; it decides whether a memory file may hold it."""
         limit = services.settings.scan_on_receipt
         if limit <= 0:
             return None
@@ -84,12 +134,24 @@ class ReceiptScan:
             client = services.scanner()
             if client is None:
                 raise ScannerError("no clamd configured")
+            budget = memory_budget(services.settings.scan_buffer_bytes)
+            if (size_hint is not None and client.passes_fds and budget.take(size_hint)):
+                try:
+                    return cls(services, FdScan(client, max_bytes=size_hint), slot, size_hint)
+                except ScannerError as exc:
+                    budget.give(size_hint)
+                    log.info("no memory file for the scan (%s)", type(exc).__name__)
             stream = StreamScan(client, max_pending=MAX_PENDING, stall=STALL_S)
         except (ScannerError, OSError, ValueError) as exc:
             slot.release()
             log.info("no scan while receiving (%s)", type(exc).__name__)
             return None
         return cls(services, stream, slot)
+
+    @property
+    def in_memory(self) -> bool:
+        """True if clamd gets a memory file (FILDES) rather than a stream."""
+        return isinstance(self._stream, FdScan)
 
     @property
     def live(self) -> bool:
@@ -133,6 +195,11 @@ class ReceiptScan:
     def _release(self) -> None:
         slot, self._slot = self._slot, None
         if slot is not None:
+            # The memory file is closed by now (abandoned, or answered).
+            self._stream.abandon("released")
+            if self._reserved:
+                memory_budget(self._services.settings.scan_buffer_bytes).give(self._reserved)
+                self._reserved = 0
             slot.release()
 
     def _wait(self) -> None:

@@ -129,6 +129,10 @@ class Settings:
     # client-app process stream to clamd as they arrive (0: off; the worker
     # then streams every file to clamd after the upload, as before).
     scan_on_receipt: int = 16
+    # ... of which the uploads whose declared sizes fit in this many bytes at once
+    # (per process) are held in memory files that clamd reads where they are
+    # (FILDES, clamd on a unix socket); the others stream (INSTREAM).  0: always stream.
+    scan_buffer_bytes: int = 256 << 20
     # Job threads per worker process.  A scan job spends much of its time
     # waiting (for clamd's answer, for fsync), so more than the cores.
     worker_threads: int = 4
@@ -183,6 +187,7 @@ class Settings:
             scan_lease_seconds=max(3.0, _float(env, "KINKO_SCAN_LEASE_SECONDS", 60.0)),
             serve_workers=max(0, _int(env, "KINKO_SERVE_WORKERS", 1)),
             scan_on_receipt=max(0, _int(env, "KINKO_SCAN_ON_RECEIPT", 16)),
+            scan_buffer_bytes=max(0, _int(env, "KINKO_SCAN_BUFFER_MB", 256)) << 20,
             worker_threads=_positive(env, "KINKO_WORKER_THREADS", 4),
             office_allowed_networks=_networks(
                 env.get("KINKO_OFFICE_ALLOWED_NETWORKS") or "127.0.0.0/8,::1/128"),

@@ -323,7 +323,7 @@ def finish(services: Services, tus_id: str, *, remote_addr: str | None = None) -
         return done
     if user is None:
         return None
-    sink = IntakeSink(services, services.settings.max_upload_bytes)
+    sink = IntakeSink(services, services.settings.max_upload_bytes, length)
     try:
         _copy_parts(services, parts, length, sink)
         received = sink.finish()

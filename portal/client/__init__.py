@@ -34,7 +34,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         sinks = g.setdefault("kinko_sinks", [])
         if sinks:
             raise IntakeError("one_file")
-        sink = IntakeSink(services, settings.max_upload_bytes)
+        # The request's length bounds the file's (multipart adds a little).
+        sink = IntakeSink(services, settings.max_upload_bytes, request.content_length)
         sinks.append(sink)
         return sink
 
