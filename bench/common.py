@@ -27,7 +27,7 @@ import requests
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 import tests.functional.harness as harness
-from scanners.clamd import ClamdClient
+from scanners.clamd import ClamdClient, FdScan
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parents[1]
@@ -279,6 +279,19 @@ class Bench:
             raise RuntimeError(f"clamd: {result}")
         return elapsed
 
+    def time_clamd_fd(self, payload: Payload) -> float:
+        """clamd scanning the payload from a memory file (FILDES, as the client app hands
+        it over when it fits, ``portal.receiptscan``): writing it there, then the scan."""
+        t0 = time.perf_counter()
+        scan = FdScan(self.clamd(), max_bytes=payload.size)
+        for chunk in payload.chunks(64 << 10):
+            scan.feed(chunk)
+        result = scan.result()
+        elapsed = time.perf_counter() - t0
+        if not result.is_clean:
+            raise RuntimeError(f"clamd: {result}")
+        return elapsed
+
     def upload(self, payload: Payload, session: requests.Session | None = None
                ) -> requests.Response:
         return (session or self.http).post(
@@ -462,13 +475,34 @@ def reset_peak(pid: int) -> bool:
         return False
 
 
+def scan_files_kb(pid: int) -> int:
+    """Bytes (KiB) of the memory files for clamd (``scanners.clamd.FdScan``) ``pid`` holds.
+
+    Not part of RSS (written, never mapped): RAM all the same, so it is reported."""
+    total = 0
+    fds = Path("/proc") / str(pid) / "fd"
+    try:
+        entries = list(fds.iterdir())
+    except OSError:
+        return 0
+    for fd in entries:
+        try:
+            if os.readlink(fd).startswith("/memfd:kinko-scan"):
+                total += fd.stat().st_size
+        except OSError:
+            continue
+    return total // 1024
+
+
 class RssSampler:
-    """Samples VmRSS of every pid every ``interval`` s; keeps the per-pid maximum."""
+    """Samples VmRSS of every pid every ``interval`` s; keeps the per-pid maximum (and
+    that of the memory files for clamd, :func:`scan_files_kb`)."""
 
     def __init__(self, pids: list[int], interval: float = 0.05) -> None:
         self.pids = pids
         self.interval = interval
         self.peak: dict[int, int] = dict.fromkeys(pids, 0)
+        self.files_peak: dict[int, int] = dict.fromkeys(pids, 0)
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -477,6 +511,7 @@ class RssSampler:
         while not self._stop.is_set():
             for p in self.pids:
                 self.peak[p] = max(self.peak[p], rss_kb(p))
+                self.files_peak[p] = max(self.files_peak[p], scan_files_kb(p))
             self.samples += 1
             self._stop.wait(self.interval)
 

@@ -9,6 +9,11 @@ size, ``ratio`` the growth big/small (about 1 = flat).  Targets: <= 80 MB web,
 Sampling: VmRSS of every client-app worker and of the worker process every 50 ms; the
 kernel's own high-water mark (VmHWM, reset first through ``clear_refs``) backs it up
 between samples.  The peak reported is the larger of the two.
+
+Also sampled, and reported apart (``memory.web.scan_files.<N>MiB``, not judged): the
+memory files a client-app worker holds for clamd (``portal.receiptscan``: an upload that
+fits in ``KINKO_SCAN_BUFFER_MB`` is handed to clamd that way).  They are not RSS (written,
+never mapped), but RAM all the same: what clamd's own temporary copy of a stream takes.
 """
 
 from __future__ import annotations
@@ -55,7 +60,8 @@ def measure(bench: Bench, size: int) -> dict[str, Any]:
         peak = max(max(sampler.peak[p], rss_kb(p, "VmHWM") if hwm_ok else 0)
                    for p in pids[role])
         out[role] = {"peak_mb": mb(peak), "idle_mb": max(mb(idle[p]) for p in pids[role]),
-                     "sampled_mb": {p: mb(sampler.peak[p]) for p in pids[role]}}
+                     "sampled_mb": {p: mb(sampler.peak[p]) for p in pids[role]},
+                     "scan_files_mb": max(mb(sampler.files_peak[p]) for p in pids[role])}
     return out
 
 
@@ -68,6 +74,9 @@ def run(bench: Bench) -> tuple[list[Record], dict[str, Any]]:
                       results["big"][role]["peak_mb"], "MB",
                       results["small"][role]["peak_mb"], TARGET_MB[role])
                for role in ("web", "worker")]
+    records += [record(f"memory.web.scan_files.{results[k]['size_mb']}MiB",
+                       results[k]["web"]["scan_files_mb"], "MB", None, None)
+                for k in ("small", "big")]
     return records, results
 
 
