@@ -195,3 +195,70 @@ def test_fast_path_matches_on_a_digits_heavy_csv(
         reference = scan_numbers(io.BytesIO(data), "csv")  # type: ignore[arg-type]
     # Speed is measured by bench/e2e.py (ratios in one run), never asserted here.
     assert fast == reference and fast.found == 120_000 and fast.truncated
+
+
+# -- the cell count taken before the scan (numbers_scan._csv_over_cells) -----------------
+
+
+def _parser_cells(data: bytes) -> int:
+    """The cells the parser counts (no limit, no precount)."""
+    encoding = "utf-8-sig" if data.startswith(codecs.BOM_UTF8) else "utf-8"
+    for enc in (encoding, "cp932"):
+        tally = numbers_scan._Tally(1 << 40, 60)
+        try:
+            numbers_scan._scan_csv_fast(io.BytesIO(data), enc, tally)
+        except UnicodeDecodeError:
+            continue
+        return tally.cells
+    raise AssertionError("undecodable")
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_precount_agrees_with_the_parser_at_the_limit(
+        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(5000 + seed)
+    text = _csv(rng, rng.randrange(1, 400), digits_only=seed % 2 == 0).replace('"', "")
+    data = _encode(rng, text)
+    cells = _parser_cells(data)
+    # Small reads put "\r\n" pairs and the last byte on every side of a read's edge.
+    monkeypatch.setattr(numbers_scan, "_FAST_READ", rng.choice([1, 2, 7, 64, 1 << 18]))
+    for limit in (cells - 1, cells, cells + 1):
+        over = numbers_scan._csv_over_cells(io.BytesIO(data), numbers_scan._Tally(limit, 60))
+        assert over == (cells > limit), (limit, cells)
+    monkeypatch.undo()
+    # ... and the report at the limit is the one the parser alone gives.
+    for limit in (cells - 1, cells):
+        with monkeypatch.context() as m:
+            m.setattr(numbers_scan, "_csv_over_cells", lambda *_: False)
+            alone = scan_numbers(io.BytesIO(data), "csv", max_cells=limit)  # type: ignore[arg-type]
+        assert scan_numbers(io.BytesIO(data), "csv", max_cells=limit) == alone  # type: ignore[arg-type]
+        assert (alone.error == "too_large") == (cells > limit)
+
+
+def test_precount_leaves_quoted_csvs_to_the_parser() -> None:
+    rng = random.Random(3)
+    quoted = "".join(f'"{_number(rng, True)}",x\n' for _ in range(100)).encode()
+    tally = numbers_scan._Tally(10, 60)
+    assert numbers_scan._csv_over_cells(io.BytesIO(quoted), tally) is False
+    assert scan_numbers(io.BytesIO(quoted), "csv", max_cells=10).error == "too_large"  # type: ignore[arg-type]
+
+
+class _CountingReader(io.BytesIO):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.read_bytes = 0
+
+    def read(self, n: int | None = -1) -> bytes:
+        out = super().read(n)
+        self.read_bytes += len(out)
+        return out
+
+
+def test_a_csv_far_over_the_limit_is_refused_early() -> None:
+    rng = random.Random(4)
+    row = ",".join(_number(rng, True) for _ in range(8)) + "\n"
+    data = (row * 100_000).encode()  # 800,000 cells, 10 MB
+    reader = _CountingReader(data)
+    report = scan_numbers(reader, "csv", max_cells=50_000)  # type: ignore[arg-type]
+    assert report.error == "too_large" and report.found == 0
+    assert reader.read_bytes < len(data) // 10  # stopped a little past the limit
