@@ -39,6 +39,7 @@ from ._fsutil import (
     ensure_dir,
     fsync_dir,
     is_key,
+    start_writeback,
     unlink_quietly,
     walk_files,
 )
@@ -57,14 +58,28 @@ __all__ = ["LocalStorage"]
 _log = logging.getLogger(__name__)
 
 
+# Every this many bytes, the pages written so far start going to disk (see
+# _fsutil.start_writeback), so that the fsync at commit waits for the last few
+# MiB only instead of the whole file (100 MiB: 0.04 s -> 0.003 s here).
+WRITEBACK_EVERY = 8 << 20
+
+
 class _LocalObjectWriter:
     """The ``ObjectWriter`` handed out by :meth:`LocalStorage.writer` (streams to disk)."""
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
+        self._written = 0
+        self._started = 0  # start_writeback was asked from here on
 
     def write(self, data: BytesLike) -> int:
         self._stream.write(data)
+        self._written += len(data)
+        if self._written - self._started >= WRITEBACK_EVERY:
+            # From the last start: what is still in the stream's buffer is not on
+            # its way yet, and is covered by the next call or the fsync.
+            start_writeback(self._stream.fileno(), self._started)
+            self._started = self._written
         return len(data)
 
 
