@@ -7,6 +7,20 @@ import os
 import struct
 import zipfile
 import zlib
+from typing import Protocol
+
+
+class _Feedable(Protocol):
+    def feed(self, data: bytes) -> bool: ...
+
+
+def feed_in_chunks(scan: _Feedable, data: bytes, chunk: int = 128 << 10) -> bool:
+    """Feed ``data`` to a StreamScan or FdScan ``chunk`` bytes at a time; False if any
+    feed said the session was abandoned."""
+    ok = True
+    for start in range(0, len(data), chunk):
+        ok = scan.feed(data[start:start + chunk]) and ok
+    return ok
 
 
 def eicar_bytes() -> bytes:

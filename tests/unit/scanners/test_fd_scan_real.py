@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 
 import pytest
-from _scanners_helpers import eicar_bytes
+from _scanners_helpers import eicar_bytes, feed_in_chunks
 
 from scanners import ScannerUnavailableError
 from scanners.clamd import ClamdClient, FdScan
@@ -17,11 +17,6 @@ from scanners.clamd_process import ClamdProcess
 pytestmark = pytest.mark.clamd
 
 
-def _feed(scan: FdScan, data: bytes, chunk: int = 64 << 10) -> bool:
-    ok = True
-    for start in range(0, len(data), chunk):
-        ok = scan.feed(data[start:start + chunk]) and ok
-    return ok
 
 
 def _memfds() -> list[str]:
@@ -41,13 +36,13 @@ def test_clean_and_infected_like_scan_stream(clamd_client: ClamdClient) -> None:
     before = _memfds()
     data = os.urandom(12 << 20)
     clean = FdScan(clamd_client, max_bytes=len(data))
-    assert _feed(clean, data, chunk=100_000)
+    assert feed_in_chunks(clean, data, chunk=100_000)
     assert clean.sent == len(data)
     assert clean.result().verdict == "clean"
 
     infected = FdScan(clamd_client, max_bytes=1 << 20)
     data = os.urandom(300_000) + eicar_bytes() + os.urandom(300_000)
-    assert _feed(infected, data, chunk=7_000)  # the signature spans several writes
+    assert feed_in_chunks(infected, data, chunk=7_000)  # the signature spans several writes
     result = infected.result()
     assert result.verdict == "infected" and result.signature is not None
     # Each memory file is gone once its answer is in.
@@ -106,6 +101,6 @@ def test_clamd_limits_still_hold(private_clamd: Callable[..., ClamdProcess]) -> 
     proc = private_clamd(max_bytes=1 << 20)
     assert proc.address is not None
     scan = FdScan(ClamdClient(proc.address, timeout=30), max_bytes=64 << 20)
-    assert _feed(scan, os.urandom(40 << 20))
+    assert feed_in_chunks(scan, os.urandom(40 << 20), chunk=64 << 10)
     result = scan.result()
     assert result.verdict == "refused" and result.reason == "scan_limits", result

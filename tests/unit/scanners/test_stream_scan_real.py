@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 
 import pytest
-from _scanners_helpers import eicar_bytes
+from _scanners_helpers import eicar_bytes, feed_in_chunks
 
 from scanners import ScannerUnavailableError
 from scanners.clamd import ClamdClient, StreamScan
@@ -16,26 +16,21 @@ from scanners.clamd_process import ClamdProcess
 pytestmark = pytest.mark.clamd
 
 
-def _feed(stream: StreamScan, data: bytes, chunk: int = 128 << 10) -> bool:
-    ok = True
-    for start in range(0, len(data), chunk):
-        ok = stream.feed(data[start:start + chunk]) and ok
-    return ok
 
 
 def test_clean_and_infected_like_scan_stream(clamd_client: ClamdClient) -> None:
     # Fed from memory, faster than clamd takes it: the feeder waits for clamd.
     clean = StreamScan(clamd_client, max_pending=256 << 10, stall=30)
-    assert _feed(clean, os.urandom(24 << 20), chunk=100_000)
+    assert feed_in_chunks(clean, os.urandom(24 << 20), chunk=100_000)
     assert clean.result().verdict == "clean"
 
     clean = StreamScan(clamd_client, max_pending=64 << 20)
-    assert _feed(clean, os.urandom(3 << 20), chunk=100_000)
+    assert feed_in_chunks(clean, os.urandom(3 << 20), chunk=100_000)
     assert clean.result().verdict == "clean"
 
     infected = StreamScan(clamd_client, max_pending=64 << 20)
     data = os.urandom(300_000) + eicar_bytes() + os.urandom(300_000)
-    assert _feed(infected, data, chunk=7_000)  # the signature spans several chunks
+    assert feed_in_chunks(infected, data, chunk=7_000)  # the signature spans several chunks
     result = infected.result()
     assert result.verdict == "infected" and result.signature is not None
     assert infected.sent == len(data)
@@ -55,7 +50,7 @@ def test_over_stream_max_length_is_never_clean(
     proc = private_clamd(max_bytes=1 << 20)
     assert proc.address is not None
     stream = StreamScan(ClamdClient(proc.address, timeout=10), max_pending=64 << 20)
-    _feed(stream, os.urandom(4 << 20))
+    feed_in_chunks(stream, os.urandom(4 << 20))
     with pytest.raises(ScannerUnavailableError):
         stream.result()
 
@@ -69,12 +64,12 @@ def test_paused_clamd_never_blocks_the_feeder(
     try:
         # Connecting still works (the kernel's backlog); then clamd takes nothing.
         big = StreamScan(client, max_pending=1 << 20)
-        assert _feed(big, os.urandom(16 << 20)) is False  # returned: it never blocked
+        assert feed_in_chunks(big, os.urandom(16 << 20)) is False  # returned: it never blocked
         assert big.failed == "backpressure"
         with pytest.raises(ScannerUnavailableError):
             big.result()
         patient = StreamScan(client, max_pending=1 << 20, stall=0.3)
-        assert _feed(patient, os.urandom(16 << 20)) is False  # waited, then gave up
+        assert feed_in_chunks(patient, os.urandom(16 << 20)) is False  # waited, then gave up
         assert patient.failed == "backpressure"
 
         small = StreamScan(client)
