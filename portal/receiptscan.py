@@ -56,7 +56,7 @@ from .models import Upload, utcnow
 from .services import Services
 
 log = logging.getLogger(__name__)
-MAX_PENDING = 256 << 10  # bytes clamd may lag behind the upload before it is waited for
+MAX_PENDING = 128 << 10  # bytes clamd may lag behind the upload before it is waited for
 STALL_S = 2.0  # ... at most this long in one go; then the worker scans instead
 _GRACE = timedelta(seconds=5)  # after clamd's deadline: the row update itself
 

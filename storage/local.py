@@ -135,7 +135,9 @@ class LocalStorage:
         token = secrets.token_hex(16)
         data_partial = self._partial / f"{token}.data"
         meta_partial = self._partial / f"{token}.meta"
-        stream = os.fdopen(create_private(data_partial), "wb", buffering=1 << 18)
+        # 64 KiB: small writes (headers) are gathered; an envelope segment (64 KiB +
+        # tag) is bigger, so it goes straight through without a copy into the buffer.
+        stream = os.fdopen(create_private(data_partial), "wb", buffering=1 << 16)
         try:
             yield _LocalObjectWriter(stream)
             stream.flush()
