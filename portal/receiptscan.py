@@ -135,7 +135,7 @@ class ReceiptScan:
             if client is None:
                 raise ScannerError("no clamd configured")
             budget = memory_budget(services.settings.scan_buffer_bytes)
-            if (size_hint is not None and client.passes_fds and budget.take(size_hint)):
+            if size_hint is not None and client.passes_fds and budget.take(size_hint):
                 try:
                     return cls(services, FdScan(client, max_bytes=size_hint), slot, size_hint)
                 except ScannerError as exc:
@@ -195,8 +195,8 @@ class ReceiptScan:
     def _release(self) -> None:
         slot, self._slot = self._slot, None
         if slot is not None:
-            # The memory file is closed by now (abandoned, or answered).
-            self._stream.abandon("released")
+            # Every caller comes after the scan is over (answered, or abandoned),
+            # so a memory file is already closed when its budget is given back.
             if self._reserved:
                 memory_budget(self._services.settings.scan_buffer_bytes).give(self._reserved)
                 self._reserved = 0
