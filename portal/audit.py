@@ -160,13 +160,16 @@ _HEX_ID = re.compile(r"[0-9a-f]{16,64}")
 
 def _check_clean(details: Mapping[str, Any]) -> str:
     for value in details.values():
-        # Generated hex ids (key ids, upload ids) may contain digit runs by
-        # chance; they are never user data.  Anything else is checked.
-        if isinstance(value, str) and _HEX_ID.fullmatch(value):
-            continue
-        if looks_like_mynumber(str(value)):
-            # Fail loudly rather than write a number to the log.
-            raise AuditError("audit details must not contain 12-digit numbers")
+        # Generated hex ids (key ids, upload ids), alone or in a list, hold a
+        # 12-digit run by chance (about one 32-digit id in 80); they are never
+        # user data.  Anything else is checked.
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            if isinstance(item, str) and _HEX_ID.fullmatch(item):
+                continue
+            if looks_like_mynumber(str(item)):
+                # Fail loudly rather than write a number to the log.
+                raise AuditError("audit details must not contain 12-digit numbers")
     return json.dumps(dict(details), ensure_ascii=False, sort_keys=True, default=str)
 
 
