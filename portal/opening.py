@@ -15,11 +15,18 @@ The flow (client app, which holds the drop-zone key):
    audited (``client:upload:opened_with_password``: which uploads came out,
    never the password or a file name).
 
+An opening that stopped half-way (the process died, the database went away)
+loses nothing: the kept copy stays until its time, the room offers the
+password field again, and the next opening registers only the files that did
+not come out yet.  A file counts as out when an upload opened from the same
+original has the same SHA-256; the check runs again, under a lock on the
+original's row, in the transaction that registers each new upload, so two
+openings at once (a double click) give each file exactly once.
+
 A wrong password is audited (``client:upload:open_failed``) and counted; the
 :data:`~portal.unlock.MAX_ATTEMPTS`-th discards the protected file.  The
-reconciler (:func:`expire_kept`) deletes kept copies past their time, kept
-copies whose opening crashed half-way (their new uploads exist), and every
-kept copy once the office turns the setting off.
+reconciler (:func:`expire_kept`) deletes kept copies past their time and
+every kept copy once the office turns the setting off.
 
 The password is a local variable of :func:`open_upload` only: it is never
 logged, queued, stored or audited.
@@ -32,12 +39,13 @@ import hashlib
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from storage.errors import IntegrityError, ObjectNotFoundError
 
 from .audit import SYSTEM, Actor, Tag, record
+from .faults import checkpoint
 from .intake import IntakeError, IntakeSink, client_actor, register
 from .models import ClientUser, Status, Upload, utcnow
 from .models.base import aware_utc
@@ -54,18 +62,25 @@ class WrongPasswordError(UnlockError):
         self.left = left
 
 
-def _has_children(db: Session, upload_id: str) -> bool:
-    return db.execute(select(Upload.id).where(Upload.opened_from == upload_id)
-                      .limit(1)).first() is not None
+class _AlreadyOut(Exception):
+    """Another opening registered this file first (raised inside ``claim``)."""
+
+
+def opened_so_far(db: Session, upload_id: str) -> list[tuple[str, str]]:
+    """(id, sha256) of the uploads opened from ``upload_id``, oldest first."""
+    rows = db.execute(select(Upload.id, Upload.sha256).where(Upload.opened_from == upload_id)
+                      .order_by(Upload.created_at, Upload.id)).all()
+    return [(str(i), str(d)) for i, d in rows]
 
 
 def can_open(db: Session, upload: Upload) -> bool:
-    """Whether the room may offer the password field for ``upload``."""
+    """Whether the room may offer the password field for ``upload`` (also after an
+    opening that stopped half-way: the next one takes out the rest)."""
     return (upload.status == Status.REFUSED and upload.reason == "encrypted"
             and upload.dropzone_key is not None and upload.unlock_until is not None
             and aware_utc(upload.unlock_until) > utcnow()
             and upload.unlock_attempts < MAX_ATTEMPTS
-            and opening_enabled(db) and not _has_children(db, upload.id))
+            and opening_enabled(db))
 
 
 def attempts_left(upload: Upload) -> int:
@@ -110,20 +125,49 @@ def open_upload(services: Services, user: ClientUser, upload_id: str, password: 
         raise
     finally:
         del data
-    new_ids = []
-    for item in opened:
-        if not item.data:
-            continue  # an empty entry: nothing to keep
-        new_ids.append(_intake(services, user, upload_id, item.filename, item.data,
-                               purpose_code, remote_addr))
+    items = [item for item in opened if item.data]  # an empty entry: nothing to keep
+    del opened
+    with services.sessions() as db:
+        before = opened_so_far(db, upload_id)
+    out: dict[str, int] = {}  # digest -> files with it that are out (earlier openings)
+    for _id, digest in before:
+        out[digest] = out.get(digest, 0) + 1
+    seen: dict[str, int] = {}
+    for item in items:
+        digest = hashlib.sha256(item.data).hexdigest()
+        occurrence = seen.get(digest, 0)  # the n-th file of the original with this digest
+        seen[digest] = occurrence + 1
+        if occurrence < out.get(digest, 0):
+            continue  # came out in an opening that stopped half-way
+        _intake(services, user, upload_id, item.filename, item.data, purpose_code,
+                remote_addr, digest, occurrence)
+        checkpoint("opening:registered")  # tests: the client app dies after each file
+    del items
+    return _finish_opening(services, actor, upload_id, user.company_id, len(before),
+                           sum(seen.values()), remote_addr)
+
+
+def _finish_opening(services: Services, actor: Actor, upload_id: str, company_id: int,
+                    earlier: int, files: int, remote_addr: str | None) -> list[str]:
+    """Audit the opening and delete the protected copy, once; returns the new ids."""
     with services.sessions() as db, db.begin():
-        row = db.get(Upload, upload_id)
-        assert row is not None
-        row.unlock_until = None
-        record(db, services.audit_key, Tag.UPLOAD_OPENED, actor, company_id=user.company_id,
-               upload_id=upload_id, remote_addr=remote_addr,
-               details={"opened_into": new_ids, "files": len(new_ids)})
-    _drop_dropzone_copy(services, upload_id)
+        row = db.execute(select(Upload).where(Upload.id == upload_id)
+                         .with_for_update()).scalar_one()
+        new_ids = [i for i, _ in opened_so_far(db, upload_id)]
+        finished = row.unlock_until is None
+        if not finished:
+            row.unlock_until = None
+            details: dict[str, Any] = {"opened_into": new_ids, "files": len(new_ids)}
+            if earlier:
+                details["resumed_after"] = earlier  # files out before this opening
+            record(db, services.audit_key, Tag.UPLOAD_OPENED, actor, company_id=company_id,
+                   upload_id=upload_id, remote_addr=remote_addr, details=details)
+    if finished and len(new_ids) != files:
+        # Discarded meanwhile (expired, setting off) before every file was out.
+        _fail(services, actor, upload_id, company_id, "not_available", remote_addr)
+        raise UnlockError("not_available")
+    if not finished:
+        _drop_dropzone_copy(services, upload_id)
     return new_ids
 
 
@@ -147,8 +191,12 @@ def _read_plaintext(services: Services, upload_id: str, size: int, sha256: str) 
 
 
 def _intake(services: Services, user: ClientUser, original: str, filename: str, data: bytes,
-            purpose_code: str, remote_addr: str | None) -> str:
-    """Seal one unprotected file into a new upload (encrypted before it is written)."""
+            purpose_code: str, remote_addr: str | None, digest: str,
+            occurrence: int) -> str | None:
+    """Seal one unprotected file into a new upload (encrypted before it is written).
+
+    None if another opening of ``original`` registered this file meanwhile (the
+    ``occurrence``-th file with SHA-256 ``digest``): its object is deleted again."""
     sink = IntakeSink(services, services.settings.max_upload_bytes, len(data))
     try:
         for start in range(0, len(data), COPY_CHUNK):
@@ -159,6 +207,15 @@ def _intake(services: Services, user: ClientUser, original: str, filename: str, 
         raise
 
     def link(db: Session, new_id: str) -> None:
+        # The original's row lock orders openings that run at once (SQLite: the
+        # transaction already holds the write lock).
+        parent = db.execute(select(Upload).where(Upload.id == original)
+                            .with_for_update()).scalar_one()
+        twins = db.execute(select(func.count()).select_from(Upload).where(
+            Upload.opened_from == original, Upload.sha256 == digest,
+            Upload.id != new_id)).scalar_one()
+        if parent.unlock_until is None or twins > occurrence:
+            raise _AlreadyOut
         row = db.get(Upload, new_id)
         assert row is not None
         row.opened_from = original
@@ -168,6 +225,9 @@ def _intake(services: Services, user: ClientUser, original: str, filename: str, 
                         purpose_code=purpose_code, remote_addr=remote_addr, claim=link).id
     except IntakeError:
         raise
+    except _AlreadyOut:
+        services.dropzone.delete(received.key)
+        return None
     except BaseException:
         services.dropzone.delete(received.key)  # with ``claim`` the object is ours
         raise
@@ -203,32 +263,33 @@ def _wrong_password(services: Services, actor: Actor, upload_id: str, company_id
 
 
 def expire_kept(services: Services, now: datetime | None = None) -> list[str]:
-    """Delete kept protected copies that are past their time, already opened, or
-    kept while the setting is now off.  Audited; returns the upload ids."""
+    """Delete kept protected copies that are past their time (even with some files
+    out: an opening that stopped half-way and was not finished), or kept while the
+    setting is now off.  Audited; returns the upload ids."""
     now = now or utcnow()
     with services.sessions() as db:
         enabled = opening_enabled(db)
         query = select(Upload.id, Upload.unlock_until).where(Upload.unlock_until.is_not(None))
         if enabled:
-            opened = select(Upload.opened_from).where(Upload.opened_from.is_not(None))
-            query = query.where(or_(Upload.unlock_until <= now.replace(tzinfo=None),
-                                    Upload.id.in_(opened)))
+            query = query.where(Upload.unlock_until <= now.replace(tzinfo=None))
         rows = db.execute(query.limit(500)).all()
     done = []
     for upload_id, _until in rows:
         with services.sessions() as db, db.begin():
-            row = db.get(Upload, upload_id)
+            row = db.execute(select(Upload).where(Upload.id == upload_id)
+                             .with_for_update()).scalar_one_or_none()
             if row is None or row.unlock_until is None:
                 continue
-            why = ("setting_off" if not enabled else
-                   "opened" if _has_children(db, upload_id) else "expired")
+            details: dict[str, Any] = {"why": "expired" if enabled else "setting_off"}
+            if out := len(opened_so_far(db, upload_id)):
+                details["files_out"] = out  # an opening that stopped half-way
             row.unlock_until = None
             record(db, services.audit_key, Tag.UPLOAD_PROTECTED_DISCARDED, SYSTEM,
-                   company_id=row.company_id, upload_id=upload_id, details={"why": why})
+                   company_id=row.company_id, upload_id=upload_id, details=details)
         _drop_dropzone_copy(services, upload_id)
         done.append(upload_id)
     return done
 
 
 __all__: list[Any] = ["WrongPasswordError", "attempts_left", "can_open", "expire_kept",
-                      "open_upload"]
+                      "open_upload", "opened_so_far"]

@@ -132,11 +132,14 @@ def init(app: Flask) -> None:
             request_state = deletion.latest_request(db, upload.id)
             custody = render(chain_of_custody(db, upload, str(get_locale())), _)
             openable = opening.can_open(db, upload)
+            # An opening that stopped half-way: what is out already stays out.
+            files_out = len(opening.opened_so_far(db, upload.id)) if openable else 0
         verdict, verdict_args = scan_verdict(upload)
         return render_template("client/upload.html", upload=upload,
                                deletion_request=request_state,
                                reason_max=deletion.REASON_MAX, custody=custody,
                                verdict=_(verdict, **verdict_args), openable=openable,
+                               files_out=files_out,
                                attempts_left=opening.attempts_left(upload))
 
     @app.route("/uploads/<upload_id>/receipt.pdf")

@@ -12,7 +12,10 @@ searched for in every file the stack wrote: database, queue, logs, storage.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -28,7 +31,16 @@ from pypdf import PdfWriter
 
 from portal.i18n import translations
 
-from .harness import Stack, csrf_from, eicar, embedded_only
+from .harness import (
+    Stack,
+    build_stack,
+    csrf_from,
+    eicar,
+    embedded_only,
+    require_clamd,
+    teardown_stack,
+)
+from .invariants import check_invariants
 
 JA = translations("ja")
 WRONG_PASSWORD_MSGID = "The password is not correct. Please check it and try again."
@@ -228,6 +240,65 @@ def test_attempts_run_out_and_the_reconciler_expires(
     assert row(stack, kept)["dropzone_key"] is None
     assert any(a == "system:upload:protected_discarded" and "expired" in d
                for a, d in actions(stack, kept))
+
+
+@pytest.fixture(scope="module")
+def dies_after_each_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    require_clamd()
+    # The client-app process SIGKILLs itself right after registering each file
+    # that came out of a protected one (gunicorn starts a new one).
+    s = build_stack(tmp_path_factory.mktemp,
+                    extra_env={"KINKO_FAULT_CRASH_AT": "opening:registered"})
+    try:
+        yield s
+    finally:
+        teardown_stack(s)
+
+
+def test_an_opening_killed_after_each_file_loses_none_and_doubles_none(
+        dies_after_each_file: Stack) -> None:
+    stack = dies_after_each_file
+    assert set_opening(stack, True).status_code == 303
+    token = stack.token(COMPANY, "hr")
+    room = stack.client(COMPANY, "hr", "acme-Passw0rd")
+    files = {"社員/名簿.csv": f"id,memo\n1,{uuid.uuid4()}\n".encode(),
+             "扶養.csv": f"id,memo\n2,{uuid.uuid4()}\n".encode()}
+    upload_id = upload_refused(stack, token, protected_zip(files), "書類.zip")
+
+    for done in (1, 2):
+        # Each try registers one more file, then the process dies before answering.
+        with contextlib.suppress(requests.RequestException):
+            r = type_password(stack, room, upload_id, RIGHT)
+            pytest.fail(f"the client app answered {r.status_code}")
+        with stack.db() as db:
+            out = db.execute("SELECT COUNT(*) FROM uploads WHERE opened_from = ?",
+                             (upload_id,)).fetchone()[0]
+        assert out == done
+        stack.kinko("reconcile")  # keeps the half-opened copy: its time has not come
+        state = row(stack, upload_id)
+        assert state["dropzone_key"] and state["unlock_until"]
+        page = room.get(f"{stack.client_url}/uploads/{upload_id}")
+        assert 'id="opening-resume"' in page.text and 'id="open-with-password"' in page.text
+
+    # Everything is out: this try registers nothing, so it lives to finish.
+    r = type_password(stack, room, upload_id, RIGHT)
+    assert r.status_code == 303
+    with stack.db() as db:
+        got = db.execute("SELECT id, sha256, filename FROM uploads WHERE opened_from = ?",
+                         (upload_id,)).fetchall()
+        (details,) = db.execute("SELECT details FROM audit_events WHERE upload_id = ? AND "
+                                "action = 'client:upload:opened_with_password'",
+                                (upload_id,)).fetchone()
+    assert sorted(d for _, d, _ in got) == sorted(hashlib.sha256(b).hexdigest()
+                                                  for b in files.values())
+    assert sorted(n for _, _, n in got) == ["名簿.csv", "扶養.csv"]
+    assert json.loads(details)["resumed_after"] == 2
+    for new_id, _, _ in got:
+        assert stack.wait_for(token, new_id, {"clean", "infected", "refused"})[
+            "status"] == "clean"
+    state = row(stack, upload_id)
+    assert state["dropzone_key"] is None and state["unlock_until"] is None
+    check_invariants(stack, digests=[hashlib.sha256(b).hexdigest() for b in files.values()])
 
 
 @embedded_only("searches the instance's files; the scale profile keeps state in services")
