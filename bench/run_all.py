@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from bench import concurrency, e2e, growth, memory, plot
+from bench import concurrency, e2e, growth, memory, opening, plot
 from bench.common import Record, bench_stack, report, table, write_results
 
 
@@ -24,6 +24,11 @@ def main() -> None:
             report(title, recs, details)
             write_results(recs)
             records += recs
+        # In this process, not on the stack: opening a protected file in memory.
+        recs, details = opening.run()
+        report("opening", recs, details)
+        write_results(recs)
+        records += recs
         if os.environ.get("KINKO_BENCH_PLOT", "1") != "0":
             plot.run(bench)
         if os.environ.get("KINKO_BENCH_GROWTH", "1") != "0":

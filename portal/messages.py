@@ -71,6 +71,8 @@ UNLOCK_REASONS = {
     "malformed": _l("The file appears to be damaged and cannot be opened."),
     "damaged": _l("The file was damaged while being stored. Please upload it again."),
     "nothing_inside": _l("The file had nothing inside that could be kept."),
+    "busy": _l("Another file is being opened with its password right now. Please try "
+               "again in a minute."),
 }
 
 

@@ -28,14 +28,21 @@ A wrong password is audited (``client:upload:open_failed``) and counted; the
 reconciler (:func:`expire_kept`) deletes kept copies past their time and
 every kept copy once the office turns the setting off.
 
-The password is a local variable of :func:`open_upload` only: it is never
-logged, queued, stored or audited.
+The password is a local variable of :func:`open_upload` and the function it
+calls only: it is never logged, queued, stored or audited.
+
+One opening runs at a time in each client-app process (it holds the file and
+what came out of it in memory); another one waits up to
+:data:`OPENING_WAIT_S` and is then asked to try again (``busy``, audited, no
+attempt counted).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import threading
 from datetime import datetime
 from typing import Any
 
@@ -60,6 +67,13 @@ class WrongPasswordError(UnlockError):
     def __init__(self, left: int) -> None:
         super().__init__("wrong_password" if left else "attempts_exhausted")
         self.left = left
+
+
+# One opening at a time per process: an opening holds the whole file in memory,
+# and what came out of it (at most about twice MAX_IN_MEMORY).  Another one
+# waits this long for its turn, then is told to try again.
+_ONE_AT_A_TIME = threading.BoundedSemaphore(1)
+OPENING_WAIT_S = 30.0
 
 
 class _AlreadyOut(Exception):
@@ -91,7 +105,7 @@ def open_upload(services: Services, user: ClientUser, upload_id: str, password: 
                 remote_addr: str | None) -> list[str]:
     """Open the caller's kept protected upload; returns the new uploads' ids.
 
-    Raises :class:`UnlockError` (``not_available``, ``too_large``,
+    Raises :class:`UnlockError` (``not_available``, ``too_large``, ``busy``,
     ``damaged``, the opener's codes) or :class:`WrongPasswordError`; every
     failure is audited first.  The caller checks ownership.
     """
@@ -110,6 +124,21 @@ def open_upload(services: Services, user: ClientUser, upload_id: str, password: 
     if size > MAX_IN_MEMORY:
         _fail(services, actor, upload_id, user.company_id, "too_large", remote_addr)
         raise UnlockError("too_large")
+    slot = _ONE_AT_A_TIME
+    if not slot.acquire(timeout=OPENING_WAIT_S):
+        _fail(services, actor, upload_id, user.company_id, "busy", remote_addr)
+        raise UnlockError("busy")  # not a wrong password: no attempt is counted
+    try:
+        return _open_kept(services, user, actor, upload_id, filename, size, sha256,
+                          purpose_code, password, remote_addr)
+    finally:
+        slot.release()
+
+
+def _open_kept(services: Services, user: ClientUser, actor: Actor, upload_id: str,
+               filename: str, size: int, sha256: str, purpose_code: str, password: str,
+               remote_addr: str | None) -> list[str]:
+    """:func:`open_upload` once the upload is known to be openable."""
     try:
         data = _read_plaintext(services, upload_id, size, sha256)
     except (IntegrityError, ObjectNotFoundError):
@@ -177,17 +206,19 @@ def _read_plaintext(services: Services, upload_id: str, size: int, sha256: str) 
         upload = db.get(Upload, upload_id)
         assert upload is not None
         reader = _open_dropzone(services, upload)
-    buf = bytearray()
+    # A BytesIO hands its buffer over as the result (getvalue does not copy it):
+    # the file is in memory once, never twice.
+    buf = io.BytesIO()
     digest = hashlib.sha256()
     with contextlib.closing(reader):
         for chunk in reader.iter_chunks(COPY_CHUNK):
-            buf += chunk
+            buf.write(chunk)
             digest.update(chunk)
-            if len(buf) > min(size, MAX_IN_MEMORY):
+            if buf.tell() > min(size, MAX_IN_MEMORY):
                 raise IntegrityError("drop-zone object longer than recorded")
     if digest.hexdigest() != sha256:
         raise IntegrityError("drop-zone plaintext differs from the recorded digest")
-    return bytes(buf)
+    return buf.getvalue()
 
 
 def _intake(services: Services, user: ClientUser, original: str, filename: str, data: bytes,

@@ -64,6 +64,7 @@ MAX_ATTEMPTS = 5
 MAX_IN_MEMORY = 200 * 1024 * 1024
 MAX_ENTRIES = 20
 MAX_PASSWORD = 256
+_READ_PIECE = 1 << 20
 _ODF_MIME = b"application/vnd.oasis.opendocument"
 
 
@@ -191,11 +192,8 @@ def _read_entries(zf: Any, infos: list[Any], password: str) -> list[tuple[str, b
             entries, total = [], 0
             for info in infos:
                 with zf.open(info, pwd=candidate if info.flag_bits & 0x1 else None) as fh:
-                    # Bounded read: the declared size may lie.
-                    body = fh.read(MAX_IN_MEMORY - total + 1)
+                    body = _read_bounded(fh, MAX_IN_MEMORY - total)
                 total += len(body)
-                if total > MAX_IN_MEMORY:
-                    raise UnlockError("too_large")
                 entries.append((info.filename, body))
             return entries
         except RuntimeError:  # pyzipper: "Bad password for file …"
@@ -206,6 +204,19 @@ def _read_entries(zf: Any, infos: list[Any], password: str) -> list[tuple[str, b
             last = UnlockError("wrong_password")
     assert last is not None
     raise last
+
+
+def _read_bounded(fh: Any, limit: int) -> bytes:
+    """An entry's bytes, read a piece at a time (one read would hold the entry's
+    stored bytes, their decryption and the result at once); at most ``limit``
+    bytes (zipfile stops at the declared size itself: this is a second bound).
+    The BytesIO's buffer becomes the result."""
+    out = io.BytesIO()
+    while piece := fh.read(_READ_PIECE):
+        out.write(piece)
+        if out.tell() > limit:
+            raise UnlockError("too_large")
+    return out.getvalue()
 
 
 def _base_name(name: str) -> str:

@@ -8,10 +8,12 @@ of its own.  ``tests/functional/test_unlock.py`` does it with real crashes."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -136,6 +138,17 @@ def crash_after(count: int, then: Callable[[], None] | None = None) -> Callable[
     return checkpoint
 
 
+@contextlib.contextmanager
+def other_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run an opening as another client-app process would: with its own slot."""
+    mine = opening._ONE_AT_A_TIME
+    monkeypatch.setattr(opening, "_ONE_AT_A_TIME", threading.BoundedSemaphore(1))
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(opening, "_ONE_AT_A_TIME", mine)
+
+
 # Two files with the same content under different names: both must come out.
 FILES = [("社員/a.csv", b"a,b\n1,2\n"), ("社員/b.csv", b"x,y\n3,4\n"),
          ("c.csv", b"a,b\n1,2\n"), ("d.txt", os.urandom(300_000))]
@@ -177,11 +190,13 @@ def test_two_openings_at_once_give_each_file_once(
     inner_ids: list[str] = []
 
     def second_opening() -> None:
-        # The double click: a second opening runs to its end between the first's
-        # first and second file, and then the first goes on.
+        # The double click, landing in the other client-app process (each process
+        # opens one file at a time): a second opening runs to its end between the
+        # first's first and second file, and then the first goes on.
         monkeypatch.setattr(opening, "checkpoint", crash_after(0))
-        inner_ids.extend(opening.open_upload(room.services, room.user, upload_id,
-                                             PASSWORD, None))
+        with other_process(monkeypatch):
+            inner_ids.extend(opening.open_upload(room.services, room.user, upload_id,
+                                                 PASSWORD, None))
 
     monkeypatch.setattr(opening, "checkpoint", crash_after(1, second_opening))
     outer_ids = opening.open_upload(room.services, room.user, upload_id, PASSWORD, None)
@@ -197,7 +212,7 @@ def test_a_file_registered_meanwhile_by_another_opening_is_not_registered_again(
         # The second opening sees one file out, registers the next one and stops:
         # the first then reaches that file too, and must let it be.
         monkeypatch.setattr(opening, "checkpoint", crash_after(1))
-        with pytest.raises(_Crash):
+        with other_process(monkeypatch), pytest.raises(_Crash):
             opening.open_upload(room.services, room.user, upload_id, PASSWORD, None)
         monkeypatch.setattr(opening, "checkpoint", crash_after(0))
 
@@ -225,3 +240,28 @@ def test_a_half_opened_copy_still_expires_with_a_record(
             AuditEvent.action == Tag.UPLOAD_PROTECTED_DISCARDED)).scalars()
     assert json.loads(discarded) == {"why": "expired", "files_out": 1}
     assert len(children(room, upload_id)) == 1  # what came out stays an upload
+
+
+def test_one_opening_at_a_time_per_process(
+        room: Room, monkeypatch: pytest.MonkeyPatch) -> None:
+    upload_id = kept(room, protected_zip(FILES))
+    monkeypatch.setattr(opening, "OPENING_WAIT_S", 0.05)
+    assert opening._ONE_AT_A_TIME.acquire(timeout=1)  # another opening is running
+    try:
+        with pytest.raises(UnlockError) as info:
+            opening.open_upload(room.services, room.user, upload_id, PASSWORD, None)
+    finally:
+        opening._ONE_AT_A_TIME.release()
+    assert info.value.code == "busy"
+    assert children(room, upload_id) == []
+    with room.services.sessions() as db:
+        row = db.get(Upload, upload_id)
+        assert row is not None and row.unlock_attempts == 0 and opening.can_open(db, row)
+        (details,) = db.execute(select(AuditEvent.details).where(
+            AuditEvent.upload_id == upload_id,
+            AuditEvent.action == Tag.UPLOAD_OPEN_FAILED)).scalars()
+    assert json.loads(details) == {"reason": "busy"}
+    # Its turn comes once the other is done.
+    monkeypatch.setattr(opening, "checkpoint", crash_after(0))
+    assert len(opening.open_upload(room.services, room.user, upload_id, PASSWORD, None)) == 4
+    assert_each_file_once(room, upload_id, FILES)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import binascii
 import io
+import os
 import secrets
 import struct
 import zipfile
@@ -204,6 +205,26 @@ def test_zip_entry_bigger_than_declared_is_bounded(monkeypatch: pytest.MonkeyPat
     data = _aes_zip({"big.csv": b"0" * (65 * 1024)})
     with pytest.raises(UnlockError) as info:
         open_protected(data, "big.zip", PASSWORD)
+    assert info.value.code == "too_large"
+
+
+def test_entries_are_read_a_piece_at_a_time_and_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # zipfile stops at the declared size itself; the bound is kept while reading
+    # anyway, in case a reader ever yields more.
+    monkeypatch.setattr(unlock, "_READ_PIECE", 7)
+    body = os.urandom(100)
+    reads: list[int] = []
+
+    class Entry(io.BytesIO):
+        def read(self, n: int | None = -1) -> bytes:
+            reads.append(-1 if n is None else n)
+            return super().read(n)
+
+    assert unlock._read_bounded(Entry(body), 100) == body
+    assert set(reads) == {7}
+    with pytest.raises(UnlockError) as info:
+        unlock._read_bounded(Entry(body), 99)
     assert info.value.code == "too_large"
 
 
