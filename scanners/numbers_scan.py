@@ -276,11 +276,14 @@ def _lines(fileobj: IO[bytes], encoding: str) -> Iterator[str]:
         yield line
 
 
+_NOT_A_MARK = bytes(i for i in range(256) if i not in b',\r\n"\0')
+
+
 def _csv_over_cells(fileobj: IO[bytes], tally: _Tally) -> bool:
     """True if the csv certainly has more than ``tally.max_cells`` cells.
 
     Without quotes (and NUL bytes, which the parser refuses), every comma and every line
-    end ends a cell: the count the parser reaches, taken with ``bytes.count`` on raw
+    end ends a cell: the count the parser reaches, taken on the raw
     bytes (the same in utf-8 and cp932, whose second bytes are never ``,`` ``\r``
     ``\n`` ``"`` or NUL).  It stops as soon as the count is over, and answers False (the
     parser decides) at the first quote or NUL.  The same reads as the parser's, so the
@@ -290,10 +293,12 @@ def _csv_over_cells(fileobj: IO[bytes], tally: _Tally) -> bool:
     after_cr = False
     last = b""
     while chunk := fileobj.read(_FAST_READ):
-        if b'"' in chunk or b"\0" in chunk:
+        # One pass keeps the few bytes that matter (commas, line ends, quotes, NUL).
+        marks = chunk.translate(None, _NOT_A_MARK)
+        if b'"' in marks or b"\0" in marks:
             return False
-        cells += (chunk.count(b",") + chunk.count(b"\n") + chunk.count(b"\r")
-                  - chunk.count(b"\r\n") - (after_cr and chunk[:1] == b"\n"))
+        cells += (len(marks) - (chunk.count(b"\r\n") if b"\r" in marks else 0)
+                  - (after_cr and chunk[:1] == b"\n"))
         if cells > tally.max_cells:
             return True
         tally.clock()
