@@ -43,6 +43,7 @@ import contextlib
 import hashlib
 import io
 import threading
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -78,6 +79,14 @@ OPENING_WAIT_S = 30.0
 
 class _AlreadyOut(Exception):
     """Another opening registered this file first (raised inside ``claim``)."""
+
+
+def _locked(db: Session, upload_id: str) -> Upload:
+    """The upload's row, locked for this transaction (PostgreSQL; SQLite's
+    transactions already hold the write lock)."""
+    row = db.get(Upload, upload_id, with_for_update=True)
+    assert row is not None
+    return row
 
 
 def opened_so_far(db: Session, upload_id: str) -> list[tuple[str, str]]:
@@ -158,30 +167,27 @@ def _open_kept(services: Services, user: ClientUser, actor: Actor, upload_id: st
     del opened
     with services.sessions() as db:
         before = opened_so_far(db, upload_id)
-    out: dict[str, int] = {}  # digest -> files with it that are out (earlier openings)
-    for _id, digest in before:
-        out[digest] = out.get(digest, 0) + 1
-    seen: dict[str, int] = {}
+    out = Counter(digest for _id, digest in before)  # files out (earlier openings)
+    seen: Counter[str] = Counter()
     for item in items:
         digest = hashlib.sha256(item.data).hexdigest()
-        occurrence = seen.get(digest, 0)  # the n-th file of the original with this digest
-        seen[digest] = occurrence + 1
-        if occurrence < out.get(digest, 0):
+        occurrence = seen[digest]  # the n-th file of the original with this digest
+        seen[digest] += 1
+        if occurrence < out[digest]:
             continue  # came out in an opening that stopped half-way
         _intake(services, user, upload_id, item.filename, item.data, purpose_code,
                 remote_addr, digest, occurrence)
         checkpoint("opening:registered")  # tests: the client app dies after each file
     del items
     return _finish_opening(services, actor, upload_id, user.company_id, len(before),
-                           sum(seen.values()), remote_addr)
+                           seen.total(), remote_addr)
 
 
 def _finish_opening(services: Services, actor: Actor, upload_id: str, company_id: int,
                     earlier: int, files: int, remote_addr: str | None) -> list[str]:
     """Audit the opening and delete the protected copy, once; returns the new ids."""
     with services.sessions() as db, db.begin():
-        row = db.execute(select(Upload).where(Upload.id == upload_id)
-                         .with_for_update()).scalar_one()
+        row = _locked(db, upload_id)
         new_ids = [i for i, _ in opened_so_far(db, upload_id)]
         finished = row.unlock_until is None
         if not finished:
@@ -222,12 +228,11 @@ def _read_plaintext(services: Services, upload_id: str, size: int, sha256: str) 
 
 
 def _intake(services: Services, user: ClientUser, original: str, filename: str, data: bytes,
-            purpose_code: str, remote_addr: str | None, digest: str,
-            occurrence: int) -> str | None:
+            purpose_code: str, remote_addr: str | None, digest: str, occurrence: int) -> None:
     """Seal one unprotected file into a new upload (encrypted before it is written).
 
-    None if another opening of ``original`` registered this file meanwhile (the
-    ``occurrence``-th file with SHA-256 ``digest``): its object is deleted again."""
+    Unless another opening of ``original`` registered this file meanwhile (the
+    ``occurrence``-th file with SHA-256 ``digest``): its object is then deleted again."""
     sink = IntakeSink(services, services.settings.max_upload_bytes, len(data))
     try:
         for start in range(0, len(data), COPY_CHUNK):
@@ -240,8 +245,7 @@ def _intake(services: Services, user: ClientUser, original: str, filename: str, 
     def link(db: Session, new_id: str) -> None:
         # The original's row lock orders openings that run at once (SQLite: the
         # transaction already holds the write lock).
-        parent = db.execute(select(Upload).where(Upload.id == original)
-                            .with_for_update()).scalar_one()
+        parent = _locked(db, original)
         twins = db.execute(select(func.count()).select_from(Upload).where(
             Upload.opened_from == original, Upload.sha256 == digest,
             Upload.id != new_id)).scalar_one()
@@ -252,13 +256,12 @@ def _intake(services: Services, user: ClientUser, original: str, filename: str, 
         row.opened_from = original
 
     try:
-        return register(services, received, user=user, filename=filename,
-                        purpose_code=purpose_code, remote_addr=remote_addr, claim=link).id
+        register(services, received, user=user, filename=filename,
+                 purpose_code=purpose_code, remote_addr=remote_addr, claim=link)
     except IntakeError:
         raise
     except _AlreadyOut:
         services.dropzone.delete(received.key)
-        return None
     except BaseException:
         services.dropzone.delete(received.key)  # with ``claim`` the object is ours
         raise
@@ -276,8 +279,7 @@ def _wrong_password(services: Services, actor: Actor, upload_id: str, company_id
     """Count one wrong password; the last allowed one discards the file.  Returns
     the attempts left."""
     with services.sessions() as db, db.begin():
-        row = db.execute(select(Upload).where(Upload.id == upload_id)
-                         .with_for_update()).scalar_one()
+        row = _locked(db, upload_id)
         row.unlock_attempts = (row.unlock_attempts or 0) + 1
         left = attempts_left(row)
         record(db, services.audit_key, Tag.UPLOAD_OPEN_FAILED, actor, company_id=company_id,
@@ -307,8 +309,7 @@ def expire_kept(services: Services, now: datetime | None = None) -> list[str]:
     done = []
     for upload_id, _until in rows:
         with services.sessions() as db, db.begin():
-            row = db.execute(select(Upload).where(Upload.id == upload_id)
-                             .with_for_update()).scalar_one_or_none()
+            row = db.get(Upload, upload_id, with_for_update=True)
             if row is None or row.unlock_until is None:
                 continue
             details: dict[str, Any] = {"why": "expired" if enabled else "setting_off"}
