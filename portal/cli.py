@@ -62,7 +62,7 @@ def main() -> None:
     """kinko — a secure My Number file-drop portal."""
     os.umask(0o077)  # keys, database and instance files are for this user only
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     # Library chatter ("Found credentials in environment variables") would
     # bury the one-line answers scripts read from stderr.
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
@@ -91,10 +91,14 @@ def serve() -> None:
 
 
 @main.command()
-def worker() -> None:
+@click.option("--shared", is_flag=True,
+              help="Other workers on this machine's queue may be mid-scan: leave their "
+                   "leases alone at start.")
+@click.option("--ready-fd", type=int, default=None, hidden=True)
+def worker(shared: bool, ready_fd: int | None) -> None:
     """Run only the pipeline worker."""
     from .worker import run_worker
-    run_worker(_settings())
+    run_worker(_settings(), shared=shared, ready_fd=ready_fd)
 
 
 @main.command()

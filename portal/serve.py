@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ def serve(settings: Settings, *, banner: str = "") -> int:
     info_file = settings.run_dir / "clamd.json"
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     stopping = False
+    ready: int | None = None  # the first worker's "ready" pipe, until it is
 
     def stop(_sig: int = 0, _frame: object = None) -> None:
         nonlocal stopping
@@ -62,10 +64,15 @@ def serve(settings: Settings, *, banner: str = "") -> int:
             _gunicorn("portal.office:create_app()", settings.office_host, settings.office_port),
             env=env)))
         # KINKO_SERVE_WORKERS=0: the workers run elsewhere (`kinko worker`
-        # on other machines, sharing the Redis queue and the database).
-        for n in range(settings.serve_workers):
-            procs.append((f"worker {n + 1}" if n else "worker", subprocess.Popen(
-                [sys.executable, "-m", "portal.cli", "worker"], env=env)))
+        # on other machines, sharing the Redis queue and the database).  The
+        # first one starts alone and takes over what the last run left; the
+        # others start once it says so (--ready-fd), and honour its leases.
+        worker = [sys.executable, "-m", "portal.cli", "worker"]
+        if settings.serve_workers:
+            ready, ready_w = os.pipe()
+            procs.append(("worker", subprocess.Popen(
+                [*worker, "--ready-fd", str(ready_w)], env=env, pass_fds=(ready_w,))))
+            os.close(ready_w)
         print(f"kinko client app: https://localhost:{settings.client_port}/login\n"
               f"kinko office app: https://127.0.0.1:{settings.office_port}/login\n"
               f"(self-signed certificate: {settings.tls_cert})\n{banner}", flush=True)
@@ -76,9 +83,19 @@ def serve(settings: Settings, *, banner: str = "") -> int:
                     print(f"kinko {name} exited; stopping the others", file=sys.stderr)
                     code = 1
                     stopping = True
-            time.sleep(0.5)
+            if ready is None or stopping:
+                time.sleep(0.5)
+            elif select.select([ready], [], [], 0.5)[0]:
+                if os.read(ready, 1):  # else it died: the poll above sees it
+                    for n in range(2, settings.serve_workers + 1):
+                        procs.append((f"worker {n}", subprocess.Popen(
+                            [*worker, "--shared"], env=env)))
+                os.close(ready)
+                ready = None
         return code
     finally:
+        if ready is not None:
+            os.close(ready)
         for _name, p in procs:
             if p.poll() is None:
                 p.terminate()

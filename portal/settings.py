@@ -45,6 +45,11 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{name} must be a number") from exc
 
 
+def _cores(at_most: int) -> int:
+    """The cores this process may run on, at most ``at_most``."""
+    return max(1, min(at_most, len(os.sched_getaffinity(0))))
+
+
 def _positive(env: Mapping[str, str], name: str, default: int) -> int:
     value = _int(env, name, default)
     if value <= 0:
@@ -123,7 +128,10 @@ class Settings:
     # A scan's lease (renewed every third of it while the scan runs): how long
     # a killed worker's scan waits before another worker takes it over.
     scan_lease_seconds: float = 60.0
-    # How many workers `kinko serve` runs itself (0: they run elsewhere).
+    # How many workers `kinko serve` runs itself (0: they run elsewhere).  A
+    # worker is one Python process (its number check and per-chunk work hold
+    # the GIL); from the environment, the default is one per core, at most two
+    # (docs/performance.md, Concurrency).
     serve_workers: int = 1
     # Scanning while receiving (portal.intake): at most this many uploads per
     # client-app process stream to clamd as they arrive (0: off; the worker
@@ -185,7 +193,7 @@ class Settings:
             web_threads=_positive(env, "KINKO_WEB_THREADS", 64),
             database_admin_url=env.get("KINKO_DATABASE_ADMIN_URL") or None,
             scan_lease_seconds=max(3.0, _float(env, "KINKO_SCAN_LEASE_SECONDS", 60.0)),
-            serve_workers=max(0, _int(env, "KINKO_SERVE_WORKERS", 1)),
+            serve_workers=max(0, _int(env, "KINKO_SERVE_WORKERS", _cores(2))),
             scan_on_receipt=max(0, _int(env, "KINKO_SCAN_ON_RECEIPT", 16)),
             scan_buffer_bytes=max(0, _int(env, "KINKO_SCAN_BUFFER_MB", 256)) << 20,
             worker_threads=_positive(env, "KINKO_WORKER_THREADS", 4),

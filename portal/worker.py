@@ -7,6 +7,7 @@ the vault, never open it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from . import status
@@ -21,7 +22,14 @@ POLL_INITIAL_S = 0.02
 POLL_MAX_S = 0.1
 
 
-def run_worker(settings: Settings, threads: int | None = None) -> None:
+def run_worker(settings: Settings, threads: int | None = None, *, shared: bool = False,
+               ready_fd: int | None = None) -> None:
+    """Consume the queue until stopped.
+
+    ``shared``: other workers consume the same queue already (``kinko serve``
+    starts its second worker so), so their leases are honoured.  ``ready_fd``:
+    a pipe to write one byte to once the start-up reconcile is done (``kinko
+    serve`` starts the other workers only then)."""
     threads = threads or settings.worker_threads
     huey = make_huey(settings)
     holder: dict[str, Services] = {}
@@ -35,13 +43,18 @@ def run_worker(settings: Settings, threads: int | None = None) -> None:
 
     jobs = Jobs(huey, services)
     svc = services()
-    # The embedded default has one worker: when it starts, the one before it
-    # was killed, so it takes over every pending scan at once.  With a shared
-    # queue (Redis) other workers may be mid-scan: their leases are honoured
-    # and expire only if they die (settings.scan_lease_seconds).
-    single = settings.queue_url.startswith("sqlite")
-    report = reconcile(svc, reclaim_leases=single)
+    # The first worker on the embedded (SQLite) queue starts alone: the workers
+    # before it were stopped with `kinko serve`, so it takes over every pending
+    # scan at once; the others start after it is ready.  With a queue shared
+    # with workers elsewhere (Redis), or started beside one, other workers may
+    # be mid-scan: their leases are honoured and expire only if they die
+    # (settings.scan_lease_seconds).
+    alone = not shared and settings.queue_url.startswith("sqlite")
+    report = reconcile(svc, reclaim_leases=alone)
     log.info("worker started; %d uploads queued for scanning", len(report.rescanned))
+    if ready_fd is not None:
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
     status.start_scanner_monitor(svc)
     # Polling an idle SQLite queue: at most POLL_MAX_S apart, so a new job
     # waits ~POLL_MAX_S/2 on average; each poll is one indexed SELECT
