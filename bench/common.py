@@ -263,12 +263,15 @@ class Bench:
     def time_sink(self, payload: Payload) -> float:
         """Raw HTTPS upload of the payload to the minimal sink (seconds)."""
         t0 = time.perf_counter()
-        r = self.http.post(self.sink_url + "/", data=BodyReader(payload),
-                           headers=self._headers(payload), timeout=900)
-        elapsed = time.perf_counter() - t0
+        self.send_to_sink(payload)
+        return time.perf_counter() - t0
+
+    def send_to_sink(self, payload: Payload, session: requests.Session | None = None
+                     ) -> None:
+        r = (session or self.http).post(self.sink_url + "/", data=BodyReader(payload),
+                                        headers=self._headers(payload), timeout=900)
         if r.status_code != 201 or r.json()["size"] != payload.size:
             raise RuntimeError(f"sink: {r.status_code} {r.text[:200]}")
-        return elapsed
 
     def time_clamd(self, payload: Payload) -> float:
         """clamd INSTREAM of the payload alone (seconds)."""
