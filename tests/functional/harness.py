@@ -13,7 +13,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,21 @@ class Stack:
             except subprocess.TimeoutExpired:
                 os.killpg(self.server.pid, signal.SIGKILL)
                 self.server.wait(10)
+
+    @contextmanager
+    def serving_with(self, **env: str) -> Iterator[Stack]:
+        """`kinko serve` restarted with ``env`` added; as before afterwards."""
+        self.stop_server()
+        saved = dict(self.env)
+        self.env.update(env)
+        self.start_server()
+        try:
+            yield self
+        finally:
+            self.stop_server()
+            self.env.clear()
+            self.env.update(saved)
+            self.start_server()
 
     def log_tail(self, n: int = 4000) -> str:
         path = self.base / "serve.log"
@@ -435,3 +451,26 @@ def teardown_stack(stack: Stack) -> None:
     stop_scale_services(stack)
     if not os.environ.get("KINKO_KEEP_TEST_HOME"):
         shutil.rmtree(stack.base, ignore_errors=True)
+
+
+def children(pid: int) -> list[int]:
+    """The pids whose parent is ``pid``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(entry.name))
+    return out
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return b""

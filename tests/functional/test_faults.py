@@ -28,7 +28,15 @@ from typing import Any, cast
 import pytest
 import requests
 
-from .harness import Stack, build_stack, csrf_from, require_clamd, teardown_stack
+from .harness import (
+    Stack,
+    build_stack,
+    children,
+    cmdline,
+    csrf_from,
+    require_clamd,
+    teardown_stack,
+)
 from .invariants import check_invariants, files_containing, run_reconcile, settle
 
 pytestmark = pytest.mark.skipif(
@@ -179,28 +187,6 @@ def rejections(stack: Stack, reason: str) -> int:
         rows = db.execute("SELECT details FROM audit_events WHERE action = ?",
                           ("client:upload:rejected",)).fetchall()
     return sum(1 for (details,) in rows if json.loads(details).get("reason") == reason)
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            out.append(int(entry.name))
-    return out
-
-
-def cmdline(pid: int) -> bytes:
-    try:
-        return (Path("/proc") / str(pid) / "cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 def client_app_pids(stack: Stack) -> list[int]:

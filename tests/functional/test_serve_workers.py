@@ -9,52 +9,22 @@ import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
-from .harness import Stack
+from .harness import Stack, children, cmdline
 
 
 @pytest.fixture
 def two_workers(stack: Stack) -> Iterator[Stack]:
-    stack.stop_server()
-    saved = dict(stack.env)
-    stack.env["KINKO_SERVE_WORKERS"] = "2"
-    stack.start_server()
-    try:
+    with stack.serving_with(KINKO_SERVE_WORKERS="2"):
         yield stack
-    finally:
-        stack.stop_server()
-        stack.env.clear()
-        stack.env.update(saved)
-        stack.start_server()
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(entry.name))
-    return kids
 
 
 def _workers(stack: Stack) -> dict[int, list[str]]:
     assert stack.server is not None
-    out = {}
-    for pid in _children(stack.server.pid):
-        try:
-            argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().decode().split("\0")
-        except OSError:
-            continue
-        if "portal.cli" in argv and "worker" in argv:
-            out[pid] = argv
-    return out
+    argvs = {pid: cmdline(pid).decode().split("\0") for pid in children(stack.server.pid)}
+    return {pid: argv for pid, argv in argvs.items() if "portal.cli" in argv and "worker" in argv}
 
 
 def test_the_second_worker_starts_after_the_first_and_they_share_the_work(

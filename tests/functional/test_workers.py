@@ -47,19 +47,12 @@ class Workers:
 @pytest.fixture
 def no_serve_worker(stack: Stack) -> Iterator[Workers]:
     """The stack's `kinko serve` without its own worker; the test runs its own."""
-    stack.stop_server()
-    saved = dict(stack.env)
-    stack.env["KINKO_SERVE_WORKERS"] = "0"
-    stack.start_server()
-    workers = Workers(stack)
-    try:
-        yield workers
-    finally:
-        workers.stop()
-        stack.stop_server()
-        stack.env.clear()
-        stack.env.update(saved)
-        stack.start_server()
+    with stack.serving_with(KINKO_SERVE_WORKERS="0"):
+        workers = Workers(stack)
+        try:
+            yield workers
+        finally:
+            workers.stop()
 
 
 def _actions(stack: Stack, upload_id: str) -> list[str]:
