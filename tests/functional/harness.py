@@ -469,6 +469,17 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def descendants(pid: int) -> set[int]:
+    """Children, their children and so on."""
+    found: set[int] = set()
+    frontier = [pid]
+    while frontier:
+        kids = [k for k in children(frontier.pop()) if k not in found]
+        found.update(kids)
+        frontier += kids
+    return found
+
+
 def cmdline(pid: int) -> bytes:
     try:
         return (Path("/proc") / str(pid) / "cmdline").read_bytes()

@@ -5,27 +5,16 @@ memory does hold it — the positive control that shows this test can fail."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from storage.keys import VaultPrivateKey
 
-from .harness import Stack
+from .harness import Stack, cmdline, descendants
 
 MAPS = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+)")
 
 
-def pids_with(arg: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if arg.encode() in cmd:
-            pids.append(int(proc.name))
-    return pids
+def pids_with(arg: str, pids: set[int]) -> list[int]:
+    return [p for p in pids if arg.encode() in cmdline(p).split(b"\0")]
 
 
 def memory_contains(pid: int, needle: bytes) -> bool:
@@ -57,29 +46,14 @@ def test_only_the_office_process_holds_the_vault_private_key(
     raw = private._key.private_bytes_raw()  # noqa: SLF001 - the test needs the raw bytes
     port = stack.env["KINKO_CLIENT_PORT"]
     office_port = stack.env["KINKO_OFFICE_PORT"]
-    client_pids = pids_with(f"127.0.0.1:{port}")
-    office_pids = pids_with(f"127.0.0.1:{office_port}")
-    worker_pids = [p for p in pids_with("worker") if p in _children_of(stack.server.pid)]
+    assert stack.server is not None
+    stack_pids = descendants(stack.server.pid)
+    client_pids = pids_with(f"127.0.0.1:{port}", stack_pids)
+    office_pids = pids_with(f"127.0.0.1:{office_port}", stack_pids)
+    worker_pids = pids_with("worker", stack_pids)
     assert client_pids and office_pids and worker_pids
 
     assert any(memory_contains(pid, raw) for pid in office_pids), "positive control failed"
     for pid in client_pids + worker_pids:
         assert not memory_contains(pid, raw), f"process {pid} holds the vault private key"
 
-
-def _children_of(root: int) -> set[int]:
-    kids: set[int] = set()
-    frontier = [root]
-    while frontier:
-        parent = frontier.pop()
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == parent and int(proc.name) not in kids:
-                kids.add(int(proc.name))
-                frontier.append(int(proc.name))
-    return kids
