@@ -70,7 +70,7 @@ def serve(settings: Settings, *, banner: str = "") -> int:
         worker = [sys.executable, "-m", "portal.cli", "worker"]
         if settings.serve_workers:
             ready, ready_w = os.pipe()
-            procs.append(("worker", subprocess.Popen(
+            procs.append(("worker 1", subprocess.Popen(
                 [*worker, "--ready-fd", str(ready_w)], env=env, pass_fds=(ready_w,))))
             os.close(ready_w)
         print(f"kinko client app: https://localhost:{settings.client_port}/login\n"
