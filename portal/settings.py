@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 GiB = 1 << 30
@@ -130,9 +130,9 @@ class Settings:
     scan_lease_seconds: float = 60.0
     # How many workers `kinko serve` runs itself (0: they run elsewhere).  A
     # worker is one Python process (its number check and per-chunk work hold
-    # the GIL); from the environment, the default is one per core, at most two
-    # (docs/performance.md, Concurrency).
-    serve_workers: int = 1
+    # the GIL); the default is one per core, at most two (docs/performance.md,
+    # Concurrency).
+    serve_workers: int = field(default_factory=lambda: _cores(2))
     # Scanning while receiving (portal.intake): at most this many uploads per
     # client-app process stream to clamd as they arrive (0: off; the worker
     # then streams every file to clamd after the upload, as before).
