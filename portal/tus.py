@@ -157,17 +157,29 @@ def lookup(services: Services, company_id: int, tus_id: str) -> State:
 
 def terminate(services: Services, user: ClientUser, tus_id: str,
               remote_addr: str | None) -> None:
-    """tus termination: delete the parts and the row.  An upload already
-    assembled stays (it is an upload like any other); only the tus resource goes."""
+    """tus termination: delete the row and the parts.  An upload already
+    assembled stays (it is an upload like any other); only the tus resource goes.
+
+    The row goes first.  A PATCH still in flight (the browser aborts it just
+    before it sends the DELETE) can then no longer commit: its compare-and-set
+    finds no row and it deletes its own part.  A part committed before that
+    was written before it, so the listing below finds it.  A crash between
+    the two leaves parts of an upload that no longer exists; the reconciler
+    deletes those (:func:`housekeeping`)."""
     state = lookup(services, user.company_id, tus_id)
-    _drop_parts(services, tus_id)
     with services.sessions() as db, db.begin():
+        keys = db.execute(select(TusPart.key).where(TusPart.tus_id == tus_id)).scalars().all()
         db.execute(delete(TusPart).where(TusPart.tus_id == tus_id))
         db.execute(delete(TusUpload).where(TusUpload.id == tus_id))
         record(db, services.audit_key, Tag.TUS_TERMINATED, client_actor(user),
                company_id=user.company_id, remote_addr=remote_addr,
                details={"tus": tus_id, "offset": state.offset, "size": state.length,
                         "finished": state.upload_id is not None})
+    checkpoint("tus:terminated")
+    for key in keys:
+        services.dropzone.delete(key)
+    for key in list(services.dropzone.keys(f"{PREFIX}{tus_id}/")):
+        services.dropzone.delete(key)
 
 
 def _rows(result: Any) -> int:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -159,6 +161,89 @@ def test_a_short_body_keeps_its_prefix(svc: Services) -> None:
     with svc.sessions() as db:
         upload = db.get(Upload, state.upload_id)
         assert upload is not None and upload.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def terminate(svc: Services, tus_id: str) -> None:
+    tus.terminate(svc, user(svc), tus_id, "127.0.0.1")
+
+
+class _Held(io.RawIOBase):
+    """A PATCH body whose first read gives half of it; the next waits for
+    ``go`` and ends there, as when the browser aborts the request."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.first = data, True
+        self.go = threading.Event()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if not self.first:
+            assert self.go.wait(30)
+            return b""  # the connection is gone: the body ends early
+        self.first = False
+        return self.data[:len(self.data) // 2]
+
+
+@pytest.mark.parametrize("when", ["before_listing", "after_listing"])
+def test_a_patch_racing_the_termination_leaves_nothing(
+        svc: Services, monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    """The browser aborts a PATCH and sends DELETE: both requests run at once,
+    and the PATCH, already past its checks, stores what arrived and tries to
+    commit it while the termination runs.  Nothing of the upload is left."""
+    data = data_of(60_000)
+    tus_id = new(svc, data)
+    patch(svc, tus_id, 0, data[:20_000])
+    body = _Held(data[20_000:35_000])
+    outcome: list[object] = []
+
+    def in_flight() -> None:
+        try:
+            outcome.append(tus.append(svc, user(svc), tus_id, offset=20_000, stream=body,
+                                      content_length=15_000, remote_addr="127.0.0.1"))
+        except tus.TusError as exc:
+            outcome.append(exc.code)
+
+    thread = threading.Thread(target=in_flight)
+    thread.start()
+    while body.first:  # its first read: the checks are behind it
+        time.sleep(0.01)
+    real_keys = svc.dropzone.keys
+
+    def racing(prefix: str = "") -> Any:
+        listing = list(real_keys(prefix)) if when == "after_listing" else None
+        body.go.set()  # the PATCH ends now and commits (or tries to)
+        thread.join(30)
+        return iter(listing if listing is not None else list(real_keys(prefix)))
+
+    monkeypatch.setattr(svc.dropzone, "keys", racing)
+    terminate(svc, tus_id)
+    assert not thread.is_alive() and outcome == ["offset_mismatch"], outcome
+    assert row(svc, tus_id) is None and parts(svc, tus_id) == []
+    with svc.sessions() as db:
+        assert db.execute(select(TusPart)).scalars().all() == []
+    assert tus.housekeeping(svc).orphans == []
+
+
+def test_a_crash_during_termination_is_swept(svc: Services, crash_at: list[str]) -> None:
+    data = data_of(30_000)
+    tus_id = new(svc, data)
+    patch(svc, tus_id, 0, data[:10_000])
+    patch(svc, tus_id, 10_000, data[10_000:20_000])
+    crash_at.append("tus:terminated")
+    with pytest.raises(Crash):
+        terminate(svc, tus_id)
+    crash_at.clear()
+    # The row is gone (the client's DELETE counts); its parts are not yet.
+    assert row(svc, tus_id) is None and len(parts(svc, tus_id)) == 2
+    with pytest.raises(tus.TusError) as exc:
+        patch(svc, tus_id, 20_000, data[20_000:])
+    assert exc.value.code == "not_found"
+    report = tus.housekeeping(svc)
+    assert sorted(report.orphans) == sorted(p for p in report.orphans
+                                            if p.startswith(f"tus/{tus_id}/"))
+    assert len(report.orphans) == 2 and parts(svc, tus_id) == []
 
 
 def test_creation_refusals_and_isolation(svc: Services) -> None:
